@@ -75,7 +75,10 @@ impl CursorSlot {
             .and_then(|i| self.inflight.get_mut(i))
             .ok_or(Error::NotInFlight(offset))?;
         let index = (offset - batch.first_offset) as usize;
-        let flag = batch.acked.get_mut(index).ok_or(Error::NotInFlight(offset))?;
+        let flag = batch
+            .acked
+            .get_mut(index)
+            .ok_or(Error::NotInFlight(offset))?;
         *flag = true;
         Ok(())
     }
@@ -195,7 +198,8 @@ impl Cursor {
                         segment: first.base,
                         pos: 0,
                     };
-                    st.cursors.push(Some(CursorSlot::new(name.to_owned(), start, None)));
+                    st.cursors
+                        .push(Some(CursorSlot::new(name.to_owned(), start, None)));
                     let i = st.cursors.len() - 1;
                     st.cursor_names.insert(name.to_owned(), i);
                     st.ledger_dirty = true;
@@ -211,7 +215,8 @@ impl Cursor {
             slot.inflight.clear();
             slot.inflight_records = 0;
             let (generation, committed) = (slot.generation, slot.committed);
-            (slot_index, generation, st.normalize(committed))
+            // Not normalized: if the rest of our segment is missing, reading counts the loss.
+            (slot_index, generation, committed)
         };
         let opts = &shared.opts;
         Ok(Cursor {
@@ -257,7 +262,11 @@ impl Cursor {
 
     /// Waits for records and returns up to `max_records` of them (and about `max_bytes` of
     /// payload, always at least one record), in offset order.
-    pub async fn read_batch(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<Record>, Error> {
+    pub async fn read_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, Error> {
         loop {
             self.progress.borrow_and_update();
             let records = self.try_read_batch(max_records, max_bytes)?;
@@ -271,7 +280,11 @@ impl Cursor {
     }
 
     /// Like [`Cursor::read_batch`] but returns an empty batch instead of waiting.
-    pub fn try_read_batch(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<Record>, Error> {
+    pub fn try_read_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, Error> {
         loop {
             let step = self.read_step(max_records.max(1), max_bytes)?;
             match step {
@@ -287,7 +300,8 @@ impl Cursor {
             let mut st = self.shared.lock();
             st.check_usable()?;
             let inflight_max = self.shared.opts.inflight_records_max;
-            let inflight = slot_mut(&mut st, self.acker.slot, self.acker.generation)?.inflight_records;
+            let inflight =
+                slot_mut(&mut st, self.acker.slot, self.acker.generation)?.inflight_records;
             let index = match st.segment_index(self.read.segment) {
                 Some(i) => i,
                 None => {
@@ -309,7 +323,12 @@ impl Cursor {
             };
             let seg = st.segments[index];
             let next_base = st.segments.get(index + 1).map(|s| s.base);
-            (seg.len, next_base, st.next_offset, inflight_max.saturating_sub(inflight))
+            (
+                seg.len,
+                next_base,
+                st.next_offset,
+                inflight_max.saturating_sub(inflight),
+            )
         };
         if self.read.pos >= seg_len {
             return match next_base {
@@ -349,7 +368,9 @@ impl Cursor {
             let next = self
                 .reader
                 .next(file.as_ref(), pos, seg_len, self.read.offset)
-                .map_err(|e| Error::io("reading a segment", self.shared.segment_path(segment), e))?;
+                .map_err(|e| {
+                    Error::io("reading a segment", self.shared.segment_path(segment), e)
+                })?;
             match next {
                 Next::Record {
                     offset,
@@ -370,7 +391,9 @@ impl Cursor {
                     let found = self
                         .reader
                         .resync(file.as_ref(), pos, seg_len, self.read.offset)
-                        .map_err(|e| Error::io("reading a segment", self.shared.segment_path(segment), e))?;
+                        .map_err(|e| {
+                            Error::io("reading a segment", self.shared.segment_path(segment), e)
+                        })?;
                     let resume = match found {
                         Some((good_pos, good_offset)) => Position {
                             offset: good_offset,

@@ -12,7 +12,8 @@ pub const HEADER_BYTES: usize = 16;
 /// Appends a frame for `payload` whose offset is not known yet. The checksum slot holds the
 /// partial checksum over `len ‖ payload`; [`seal`] completes it.
 pub(crate) fn encode_unsealed(out: &mut Vec<u8>, payload: &[u8]) {
-    let len = u32::try_from(payload.len()).expect("payload length checked against record_bytes_max");
+    let len =
+        u32::try_from(payload.len()).expect("payload length checked against record_bytes_max");
     let len_bytes = len.to_le_bytes();
     let partial = crc32c::crc32c_append(crc32c::crc32c(&len_bytes), payload);
     out.extend_from_slice(&partial.to_le_bytes());
@@ -121,7 +122,10 @@ mod tests {
     fn empty_payload_is_a_valid_record() {
         let mut buf = Vec::new();
         encode(&mut buf, 7, b"");
-        assert!(matches!(decode(&buf, 1024), Decoded::Record { offset: 7, .. }));
+        assert!(matches!(
+            decode(&buf, 1024),
+            Decoded::Record { offset: 7, .. }
+        ));
     }
 
     #[test]

@@ -183,7 +183,9 @@ impl SimFs {
     }
 
     fn lock(&self) -> MutexGuard<'_, SimInner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Replaces the active faults.

@@ -162,7 +162,12 @@ impl Log {
             let st = shared.lock();
             st.segments.iter().map(|s| (s.base, s.len)).collect()
         };
-        let mut report = verify_segments(shared.fs.as_ref(), &shared.dir, &bounds, shared.opts.record_bytes_max)?;
+        let mut report = verify_segments(
+            shared.fs.as_ref(),
+            &shared.dir,
+            &bounds,
+            shared.opts.record_bytes_max,
+        )?;
         if let Ok(Some(Err(e))) = ledger::read(shared.fs.as_ref(), &shared.dir) {
             report.ledger_error = Some(e.0.to_owned());
         }
@@ -172,7 +177,11 @@ impl Log {
 
 /// Checks the log in `dir` without opening it for writing (safe on a stopped engine's data; it
 /// never modifies a file).
-pub fn verify_dir(fs: &dyn Filesystem, dir: &Path, record_bytes_max: u32) -> Result<IntegrityReport, Error> {
+pub fn verify_dir(
+    fs: &dyn Filesystem,
+    dir: &Path,
+    record_bytes_max: u32,
+) -> Result<IntegrityReport, Error> {
     let names = fs
         .list(dir)
         .map_err(|e| Error::io("listing the log directory", dir, e))?;
@@ -216,15 +225,33 @@ fn verify_segments(
         reader.reset();
         let (mut pos, mut expected) = (0, base);
         loop {
-            match reader.next(file.as_ref(), pos, len, expected).map_err(io_err)? {
+            match reader
+                .next(file.as_ref(), pos, len, expected)
+                .map_err(io_err)?
+            {
                 Next::Record { frame_len, .. } => {
                     report.records_ok += 1;
                     pos += frame_len as u64;
                     expected += 1;
                 }
-                Next::End => break,
+                Next::End => {
+                    // A sealed segment must end where its successor begins.
+                    if let Some(&(next_base, _)) = bounds.get(i + 1)
+                        && expected < next_base
+                    {
+                        report.damaged.push(DamagedRange {
+                            segment: base,
+                            byte_start: len,
+                            byte_end: len,
+                            records: next_base - expected,
+                        });
+                    }
+                    break;
+                }
                 Next::Damaged => {
-                    let found = reader.resync(file.as_ref(), pos, len, expected).map_err(io_err)?;
+                    let found = reader
+                        .resync(file.as_ref(), pos, len, expected)
+                        .map_err(io_err)?;
                     let (end, resume_offset) = match found {
                         Some((p, o)) => (p, o),
                         None => (len, bounds.get(i + 1).map_or(expected, |n| n.0)),

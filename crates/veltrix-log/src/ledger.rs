@@ -97,7 +97,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<(String, Position)>, LedgerCorr
 pub(crate) type Entries = Vec<(String, Position)>;
 
 /// Reads the ledger in `dir`. `Ok(None)` when there is none yet.
-pub(crate) fn read(fs: &dyn Filesystem, dir: &Path) -> io::Result<Option<Result<Entries, LedgerCorrupt>>> {
+pub(crate) fn read(
+    fs: &dyn Filesystem,
+    dir: &Path,
+) -> io::Result<Option<Result<Entries, LedgerCorrupt>>> {
     let file = match fs.open(&dir.join(LEDGER_FILE), false) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),

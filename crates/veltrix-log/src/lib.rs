@@ -32,6 +32,9 @@
 //!    rolled back (truncated) and reported to that round's appenders; the log stays usable.
 //! 6. Damage is never delivered: a checksum failure is either a torn tail (truncated at open) or
 //!    a damaged range that readers skip and count (`quarantined_records`).
+//! 7. The ledger never runs ahead of the data: before it is written, written-but-unsynced
+//!    records (`interval` mode) are synced, so a persisted cursor never points past what a power
+//!    loss can take. A persisted position past the recovered tail is still clamped on open.
 //!
 //! # Limits
 //!

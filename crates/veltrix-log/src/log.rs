@@ -111,7 +111,9 @@ impl State {
                     None => first.start_byte,
                 };
                 let candidate = (p.offset, byte);
-                low = Some(low.map_or(candidate, |l: (u64, u64)| (l.0.min(p.offset), l.1.min(byte))));
+                low = Some(low.map_or(candidate, |l: (u64, u64)| {
+                    (l.0.min(p.offset), l.1.min(byte))
+                }));
             }
         }
         low.unwrap_or((first.base, first.start_byte))
@@ -792,7 +794,11 @@ impl Committer {
         }
         let started = Instant::now();
         self.active.sync_data().map_err(|e| {
-            Error::io("fdatasync of the active segment", self.shared.segment_path(self.active_base), e)
+            Error::io(
+                "fdatasync of the active segment",
+                self.shared.segment_path(self.active_base),
+                e,
+            )
         })?;
         self.shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         if let Some(observer) = &self.shared.opts.observer {
@@ -841,11 +847,22 @@ impl Committer {
             Ok(()) => {
                 let end_offset = first_offset + records;
                 self.next_offset = end_offset;
-                self.publish(&sealed, end_offset, buf.len() as u64, records, waiters, first_offset);
+                self.publish(
+                    &sealed,
+                    end_offset,
+                    buf.len() as u64,
+                    records,
+                    waiters,
+                    first_offset,
+                );
             }
             Err(e) => {
                 let fatal = matches!(e, Error::Io { op, .. } if op.starts_with("fdatasync"));
-                let rollback = if fatal { Ok(()) } else { self.roll_back(before, &created) };
+                let rollback = if fatal {
+                    Ok(())
+                } else {
+                    self.roll_back(before, &created)
+                };
                 match rollback {
                     Ok(()) if !fatal => {
                         for (_, tx) in waiters {
@@ -900,7 +917,11 @@ impl Committer {
             return Ok(());
         }
         self.active.append(chunk).map_err(|e| {
-            Error::io("writing a segment", self.shared.segment_path(self.active_base), e)
+            Error::io(
+                "writing a segment",
+                self.shared.segment_path(self.active_base),
+                e,
+            )
         })?;
         self.active_len += chunk.len() as u64;
         Ok(())
@@ -948,14 +969,13 @@ impl Committer {
         }
         for &created_base in created {
             let created_path = self.shared.segment_path(created_base);
-            self.shared
-                .fs
-                .remove(&created_path)
-                .map_err(|e| Error::io("removing a segment after a failed write", &created_path, e))?;
+            self.shared.fs.remove(&created_path).map_err(|e| {
+                Error::io("removing a segment after a failed write", &created_path, e)
+            })?;
         }
-        self.active.set_len(len).map_err(|e| {
-            Error::io("truncating a failed write", &path, e)
-        })?;
+        self.active
+            .set_len(len)
+            .map_err(|e| Error::io("truncating a failed write", &path, e))?;
         self.active_base = base;
         self.active_len = len;
         if self.shared.opts.durability != Durability::Memory {
@@ -963,10 +983,9 @@ impl Committer {
                 .sync_data()
                 .map_err(|e| Error::io("fdatasync of a rolled-back segment", &path, e))?;
             if !created.is_empty() {
-                self.shared
-                    .fs
-                    .sync_dir(&self.shared.dir)
-                    .map_err(|e| Error::io("fdatasync of the log directory", &self.shared.dir, e))?;
+                self.shared.fs.sync_dir(&self.shared.dir).map_err(|e| {
+                    Error::io("fdatasync of the log directory", &self.shared.dir, e)
+                })?;
             }
         }
         Ok(())
@@ -1029,6 +1048,11 @@ impl Committer {
     /// Persists cursor positions, then deletes segments every cursor is durably past.
     fn write_ledger(&mut self, entries: Vec<(String, Position)>) -> Result<(), Error> {
         self.last_ledger_write = Instant::now();
+        // The ledger must never run ahead of the data: in `interval` mode a cursor may have
+        // read records that are written but not yet synced.
+        if self.unsynced_since.take().is_some() {
+            self.sync_active().inspect_err(|e| self.poison(e.clone()))?;
+        }
         if self.shared.opts.durability != Durability::Memory
             && let Err(e) = ledger::write(self.shared.fs.as_ref(), &self.shared.dir, &entries)
         {
@@ -1071,7 +1095,10 @@ impl Committer {
                 .fs
                 .remove(&path)
                 .map_err(|e| Error::io("deleting a consumed segment", &path, e))?;
-            self.shared.stats.segments_deleted.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .stats
+                .segments_deleted
+                .fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }

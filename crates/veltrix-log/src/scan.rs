@@ -89,9 +89,7 @@ impl SegmentReader {
         let max = self.record_bytes_max;
         let head = self.bytes_at(file, pos, HEADER_BYTES, limit)?;
         let frame_len = match frame::decode(head, max) {
-            Decoded::Incomplete {
-                frame_len: Some(n),
-            } => n,
+            Decoded::Incomplete { frame_len: Some(n) } => n,
             Decoded::Incomplete { frame_len: None } | Decoded::Corrupt => return Ok(Next::Damaged),
             Decoded::Record { frame_len, .. } => frame_len,
         };

@@ -27,13 +27,19 @@ fn open(fs: &SimFs, opts: LogOptions) -> (Log, RecoveryReport) {
 }
 
 fn payload(i: u64) -> Vec<u8> {
-    format!("{{\"id\":\"{i:08}\",\"type\":\"order.created\",\"pad\":\"{}\"}}", "x".repeat((i % 37) as usize))
-        .into_bytes()
+    format!(
+        "{{\"id\":\"{i:08}\",\"type\":\"order.created\",\"pad\":\"{}\"}}",
+        "x".repeat((i % 37) as usize)
+    )
+    .into_bytes()
 }
 
 async fn append_range(log: &Log, range: std::ops::Range<u64>) -> std::ops::Range<u64> {
     let payloads: Vec<Vec<u8>> = range.map(payload).collect();
-    log.append_batch(&payloads).expect("accepted").await.expect("durable")
+    log.append_batch(&payloads)
+        .expect("accepted")
+        .await
+        .expect("durable")
 }
 
 /// Reads everything currently readable.
@@ -54,7 +60,12 @@ fn check(records: &[Record], expected: impl IntoIterator<Item = u64>) {
     let want: Vec<u64> = expected.into_iter().collect();
     assert_eq!(offsets, want, "offsets read");
     for r in records {
-        assert_eq!(r.payload.as_ref(), payload(r.offset).as_slice(), "payload of {}", r.offset);
+        assert_eq!(
+            r.payload.as_ref(),
+            payload(r.offset).as_slice(),
+            "payload of {}",
+            r.offset
+        );
     }
 }
 
@@ -83,10 +94,17 @@ async fn segments_rotate_and_no_record_spans_two_segments() {
     let (log, _) = open(&fs, small());
     append_range(&log, 0..200).await;
     let info = log.inspect();
-    assert!(info.segments.len() > 5, "1 KiB segments must rotate: {}", info.segments.len());
+    assert!(
+        info.segments.len() > 5,
+        "1 KiB segments must rotate: {}",
+        info.segments.len()
+    );
     let mut next = 0;
     for (segment, bytes) in info.segments.iter().zip(segment_files(&fs, &log)) {
-        assert_eq!(segment.base_offset, next, "a segment is named by its first offset");
+        assert_eq!(
+            segment.base_offset, next,
+            "a segment is named by its first offset"
+        );
         assert!(bytes.len() as u64 <= 1024, "segment over its size bound");
         // Walk the frames: they must tile the file exactly.
         let mut pos = 0;
@@ -112,7 +130,11 @@ async fn out_of_order_acks_commit_the_lowest_unacknowledged_record() {
     for offset in [3, 1, 2, 9, 8] {
         cursor.ack(offset).unwrap();
     }
-    assert_eq!(cursor.committed().unwrap().offset, 0, "record 0 is still unacknowledged");
+    assert_eq!(
+        cursor.committed().unwrap().offset,
+        0,
+        "record 0 is still unacknowledged"
+    );
     cursor.ack(0).unwrap();
     assert_eq!(cursor.committed().unwrap().offset, 4, "0..=3 acknowledged");
     for offset in 4..8 {
@@ -145,14 +167,23 @@ async fn after_a_crash_a_cursor_resumes_at_its_persisted_position() {
     append_range(&log, 0..50).await;
     let mut cursor = log.cursor("c").unwrap();
     check(&drain(&mut cursor), 0..50);
-    cursor.acker().ack_many(&(0..20).collect::<Vec<_>>()).unwrap();
+    cursor
+        .acker()
+        .ack_many(&(0..20).collect::<Vec<_>>())
+        .unwrap();
     cursor.commit().await.unwrap();
-    cursor.acker().ack_many(&(20..30).collect::<Vec<_>>()).unwrap(); // not persisted
+    cursor
+        .acker()
+        .ack_many(&(20..30).collect::<Vec<_>>())
+        .unwrap(); // not persisted
     fs.crash(|| 1.0);
     drop((cursor, log));
     fs.restart();
     let (log, report) = open(&fs, small());
-    assert_eq!(report.next_offset, 50, "fsync mode keeps every acknowledged append");
+    assert_eq!(
+        report.next_offset, 50,
+        "fsync mode keeps every acknowledged append"
+    );
     assert!(report.cursors_reset.is_empty());
     let mut cursor = log.cursor("c").unwrap();
     check(&drain(&mut cursor), 20..50);
@@ -178,9 +209,15 @@ async fn retention_deletes_a_segment_only_when_every_cursor_is_past_it() {
     append_range(&log, 0..200).await;
     let segments_before = log.inspect().segments.len();
     let read = drain(&mut fast);
-    fast.acker().ack_many(&read.iter().map(|r| r.offset).collect::<Vec<_>>()).unwrap();
+    fast.acker()
+        .ack_many(&read.iter().map(|r| r.offset).collect::<Vec<_>>())
+        .unwrap();
     fast.commit().await.unwrap();
-    assert_eq!(log.inspect().segments.len(), segments_before, "slow still needs every segment");
+    assert_eq!(
+        log.inspect().segments.len(),
+        segments_before,
+        "slow still needs every segment"
+    );
     assert_eq!(log.stats().segments_deleted, 0);
     let read = drain(&mut slow);
     let half: Vec<u64> = read.iter().map(|r| r.offset).filter(|o| *o < 100).collect();
@@ -188,7 +225,11 @@ async fn retention_deletes_a_segment_only_when_every_cursor_is_past_it() {
     slow.commit().await.unwrap();
     let info = log.inspect();
     assert!(info.segments.len() < segments_before);
-    assert!(info.first_offset <= 100 && info.first_offset > 0, "kept from {}", info.first_offset);
+    assert!(
+        info.first_offset <= 100 && info.first_offset > 0,
+        "kept from {}",
+        info.first_offset
+    );
     // The ledger was durable before the unlink: a power loss now must not lose a cursor.
     fs.crash(|| 0.0);
     drop((fast, slow, log));
@@ -215,10 +256,19 @@ async fn a_full_log_refuses_appends_at_once_and_accepts_again_after_consumption(
     }
     assert_eq!(log.stats().rejected_full, 1);
     let read = drain(&mut cursor);
-    cursor.acker().ack_many(&read.iter().map(|r| r.offset).collect::<Vec<_>>()).unwrap();
+    cursor
+        .acker()
+        .ack_many(&read.iter().map(|r| r.offset).collect::<Vec<_>>())
+        .unwrap();
     append_range(&log, 10..15).await;
 
-    let (log, _) = open(&SimFs::new(), LogOptions { max_bytes: 300, ..small() });
+    let (log, _) = open(
+        &SimFs::new(),
+        LogOptions {
+            max_bytes: 300,
+            ..small()
+        },
+    );
     let _cursor = log.cursor("c").unwrap();
     let mut accepted = 0;
     let err = loop {
@@ -239,7 +289,10 @@ async fn an_oversized_record_is_refused() {
     let (log, _) = open(&SimFs::new(), small());
     assert!(matches!(
         log.append(&[0; 513]),
-        Err(Error::RecordTooLarge { size: 513, max: 512 })
+        Err(Error::RecordTooLarge {
+            size: 513,
+            max: 512
+        })
     ));
 }
 
@@ -261,9 +314,17 @@ async fn a_failed_fsync_poisons_the_log_for_every_appender() {
             Err(e) => outcomes.push(Err(e)),
         }
     }
-    assert!(outcomes.iter().all(|o| matches!(o, Err(Error::Poisoned(_)))), "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Err(Error::Poisoned(_)))),
+        "{outcomes:?}"
+    );
     fs.set_faults(Faults::default());
-    assert!(matches!(log.append(b"later"), Err(Error::Poisoned(_))), "never retried");
+    assert!(
+        matches!(log.append(b"later"), Err(Error::Poisoned(_))),
+        "never retried"
+    );
 }
 
 #[tokio::test]
@@ -279,7 +340,11 @@ async fn a_failed_write_is_rolled_back_and_the_log_stays_usable() {
     let result = log.append_batch(&payloads).unwrap().await;
     assert!(matches!(result, Err(Error::NoSpace { .. })), "{result:?}");
     fs.set_faults(Faults::default());
-    assert_eq!(append_range(&log, 40..45).await, 40..45, "offsets continue without a hole");
+    assert_eq!(
+        append_range(&log, 40..45).await,
+        40..45,
+        "offsets continue without a hole"
+    );
     let mut cursor = log.cursor("c").unwrap();
     check(&drain(&mut cursor), 0..45);
     drop((cursor, log));
@@ -293,7 +358,10 @@ async fn a_failed_write_is_rolled_back_and_the_log_stays_usable() {
         fail_writes: true,
         ..Faults::default()
     });
-    assert!(matches!(log.append(b"x").unwrap().await, Err(Error::Io { .. })));
+    assert!(matches!(
+        log.append(b"x").unwrap().await,
+        Err(Error::Io { .. })
+    ));
     fs.set_faults(Faults::default());
     assert_eq!(log.append(&payload(0)).unwrap().await.unwrap(), 0..1);
 }
@@ -319,7 +387,10 @@ async fn a_torn_tail_is_truncated_on_open() {
     fs.restart();
     let (log, report) = open(&fs, opts);
     assert!(report.bytes_truncated > 0, "{report:?}");
-    assert!(report.next_offset >= 3 && report.next_offset < 6, "{report:?}");
+    assert!(
+        report.next_offset >= 3 && report.next_offset < 6,
+        "{report:?}"
+    );
     let mut cursor = log.cursor("c").unwrap();
     check(&drain(&mut cursor), 0..report.next_offset);
     assert!(verify_dir(&fs, Path::new(DIR), 512).unwrap().is_clean());
@@ -349,7 +420,10 @@ async fn damage_in_a_sealed_segment_is_quarantined_and_never_delivered() {
         assert_eq!(r.payload.as_ref(), payload(r.offset).as_slice());
     }
     // The skipped record does not hold the cursor back.
-    cursor.acker().ack_many(&read.iter().map(|r| r.offset).collect::<Vec<_>>()).unwrap();
+    cursor
+        .acker()
+        .ack_many(&read.iter().map(|r| r.offset).collect::<Vec<_>>())
+        .unwrap();
     assert_eq!(cursor.committed().unwrap().offset, 100);
 }
 
@@ -383,7 +457,10 @@ async fn a_corrupt_ledger_restarts_cursors_at_the_oldest_record() {
     append_range(&log, 0..10).await;
     let mut cursor = log.cursor("c").unwrap();
     let read = drain(&mut cursor);
-    cursor.acker().ack_many(&read.iter().map(|r| r.offset).collect::<Vec<_>>()).unwrap();
+    cursor
+        .acker()
+        .ack_many(&read.iter().map(|r| r.offset).collect::<Vec<_>>())
+        .unwrap();
     drop(cursor);
     log.close().unwrap();
     let ledger = Path::new(DIR).join("cursors.ledger");
@@ -414,7 +491,10 @@ async fn concurrent_appenders_share_group_commits() {
     }
     let stats = log.stats();
     assert_eq!(stats.appended_records, 640);
-    assert!(stats.commits < 640, "appenders must share commits: {stats:?}");
+    assert!(
+        stats.commits < 640,
+        "appenders must share commits: {stats:?}"
+    );
     assert_eq!(stats.fsyncs, stats.commits);
 }
 
@@ -422,7 +502,14 @@ async fn concurrent_appenders_share_group_commits() {
 async fn memory_mode_touches_no_disk_and_interval_mode_answers_before_fsync() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mem");
-    let (log, _) = Log::open(&path, LogOptions { durability: Durability::Memory, ..small() }).unwrap();
+    let (log, _) = Log::open(
+        &path,
+        LogOptions {
+            durability: Durability::Memory,
+            ..small()
+        },
+    )
+    .unwrap();
     append_range(&log, 0..50).await;
     let mut cursor = log.cursor("c").unwrap();
     check(&drain(&mut cursor), 0..50);
@@ -451,7 +538,10 @@ async fn the_log_survives_reopen_on_the_real_filesystem() {
     append_range(&log, 0..500).await;
     let mut cursor = log.cursor("c").unwrap();
     let read = drain(&mut cursor);
-    cursor.acker().ack_many(&read[..250].iter().map(|r| r.offset).collect::<Vec<_>>()).unwrap();
+    cursor
+        .acker()
+        .ack_many(&read[..250].iter().map(|r| r.offset).collect::<Vec<_>>())
+        .unwrap();
     drop(cursor);
     log.close().unwrap();
     let (log, report) = Log::open(dir.path(), opts).unwrap();
