@@ -402,7 +402,7 @@ proptest! {
         let at = cut.index(bytes.len());
         fs.write_file(&path, bytes[..at].to_vec());
         let integrity = verify_dir(&fs, Path::new(DIR), 200).unwrap();
-        let is_last_segment = path == *all.iter().filter(|p| p.extension().is_some_and(|e| e == "seg")).next_back().unwrap();
+        let is_last_segment = path == *all.iter().rfind(|p| p.extension().is_some_and(|e| e == "seg")).unwrap();
         if !is_last_segment {
             prop_assert!(!integrity.is_clean(), "truncation of {:?} at {} went undetected", path, at);
         }
