@@ -1,0 +1,1293 @@
+//! The configuration: TOML schema, validation and diagnostics.
+//!
+//! Loading runs in three steps, each reporting every problem it finds:
+//! 1. `${VAR}` / `${VAR:-default}` interpolation of the text as written (rules in
+//!    `interpolate.rs`);
+//! 2. TOML parsing into a spanned tree (`toml::de::DeTable`: every key and value keeps its byte
+//!    range);
+//! 3. decoding that tree by hand into [`Config`]: types, units, ranges, unknown keys (with "did
+//!    you mean"), references between sections, glob patterns, VRL compilation; then warnings for
+//!    legal but suspicious settings.
+//!
+//! Invariant: every [`Diagnostic`] points at the offending key or value in the file as written
+//! (interpolation is mapped back), so `veltrix validate` can always print `file:line:col`.
+//!
+//! Decoding by hand rather than with serde derive is deliberate: it keeps exact spans for
+//! semantic errors, reports all problems in one pass instead of the first, and gives every
+//! message our wording.
+//!
+//! Defaults are safe: bounded queues with `fsync` durability, loopback addresses, one worker.
+//! When a file defines none of `queues`, `pipelines` and `sinks`, the built-in topology of
+//! [`Config::default_config`] is used (one catch-all queue into an NDJSON file).
+
+mod diagnostic;
+mod interpolate;
+mod route;
+mod units;
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde_spanned::Spanned;
+use toml::de::{DeString, DeTable, DeValue};
+
+pub use diagnostic::{Diagnostic, Severity};
+pub use route::{QueueIndex, Router, TypePattern};
+pub use units::ByteSize;
+
+use crate::expr::{ExprDiagnostic, Filter, Remap};
+use diagnostic::{Source, did_you_mean};
+use units::{format_duration, parse_duration};
+
+/// Where data lives when the config does not say.
+pub const DEFAULT_DATA_DIR: &str = "./veltrix-data";
+
+/// The built-in default configuration, written out. Parsing it gives
+/// `Config::default_config(DEFAULT_DATA_DIR)`; it doubles as a commented starting point.
+pub const DEFAULT_CONFIG_TOML: &str = r#"# Veltrix's built-in default configuration (`veltrix run` without `-c`).
+data_dir = "./veltrix-data"
+
+[api]                        # admin API: health, readiness, metrics
+address = "127.0.0.1:8081"
+
+[sources.http]               # CloudEvents over HTTP: POST /v1/events
+type = "http"
+address = "127.0.0.1:8080"
+body_bytes_max = "10MiB"
+
+[queues.default]             # takes every event type
+types = ["*"]
+priority = 100               # 0 = most urgent
+max_bytes = "1GiB"
+max_events = 1000000
+durability = "fsync"         # fsync | interval | memory
+# fsync_interval = "100ms"   # the flush period of durability = "interval"
+segment_bytes = "64MiB"
+
+[pipelines.default]
+from = ["default"]
+workers = 1
+processors = []
+batch_events_max = 1000
+sink = "default"
+
+[sinks.default]
+type = "file"
+path = "./veltrix-data/out/events.ndjson"
+"#;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Root of the queues' logs and the default sink's output.
+    pub data_dir: PathBuf,
+    pub api: ApiConfig,
+    /// Ingest sources, in file order.
+    pub sources: IndexMap<String, SourceConfig>,
+    /// Queues in file order: routing takes the first whose patterns match.
+    pub queues: IndexMap<String, QueueConfig>,
+    /// Pipelines in file order.
+    pub pipelines: IndexMap<String, PipelineConfig>,
+    /// Sinks in file order.
+    pub sinks: IndexMap<String, SinkConfig>,
+}
+
+/// `[api]`: the admin API (health, readiness, metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Default `127.0.0.1:8081` (loopback).
+    pub address: SocketAddr,
+    /// When set, admin routes require `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+/// `[sources.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConfig {
+    /// `type = "http"`: CloudEvents over HTTP.
+    Http(HttpSourceConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSourceConfig {
+    /// Default `127.0.0.1:8080`.
+    pub address: SocketAddr,
+    /// Largest accepted request body; default 10 MiB.
+    pub body_bytes_max: ByteSize,
+}
+
+/// `[queues.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Glob patterns over the event `type` (required, non-empty).
+    pub types: Vec<TypePattern>,
+    /// 0 is the most urgent; default 100.
+    pub priority: u8,
+    /// Backlog bound in bytes; default 1 GiB.
+    pub max_bytes: ByteSize,
+    /// Backlog bound in events; default 1,000,000.
+    pub max_events: u64,
+    /// Default [`Durability::Fsync`].
+    pub durability: Durability,
+    /// Flush period for [`Durability::Interval`]; default 100 ms.
+    pub fsync_interval: Duration,
+    /// Log segment size; default 64 MiB.
+    pub segment_bytes: ByteSize,
+}
+
+/// When an event counts as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledged only once on disk (fsync, group-committed).
+    Fsync,
+    /// Acknowledged when written; flushed every `fsync_interval` (that is the loss window).
+    Interval,
+    /// Kept in memory only; lost on a crash.
+    Memory,
+}
+
+/// `[pipelines.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    /// Queues read, by name (each names a queue of [`Config::queues`]).
+    pub from: Vec<String>,
+    /// Worker count; default 1.
+    pub workers: usize,
+    /// Run in order on every event.
+    pub processors: Vec<ProcessorConfig>,
+    /// The sink written to (names a sink of [`Config::sinks`]).
+    pub sink: String,
+    /// Most events handed to the sink at once; default 1000.
+    pub batch_events_max: usize,
+}
+
+/// One step of a pipeline, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProcessorConfig {
+    /// `{ type = "filter", condition = '...' }`: keeps events for which the condition is true.
+    Filter(Filter),
+    /// `{ type = "remap", source = '...' }`: modifies events.
+    Remap(Remap),
+}
+
+/// `[sinks.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkConfig {
+    /// `type = "file"`: NDJSON, one CloudEvent per line.
+    File { path: PathBuf },
+    /// `type = "stdout"`: NDJSON on standard output.
+    Stdout,
+    /// `type = "blackhole"`: discards (for benchmarks).
+    Blackhole,
+}
+
+/// A successfully loaded config and its warnings.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Diagnostic>,
+}
+
+const DEFAULT_API_ADDRESS: &str = "127.0.0.1:8081";
+const DEFAULT_HTTP_ADDRESS: &str = "127.0.0.1:8080";
+const DEFAULT_BODY_BYTES_MAX: u64 = 10 * ByteSize::MIB;
+const DEFAULT_PRIORITY: u8 = 100;
+const DEFAULT_MAX_BYTES: u64 = ByteSize::GIB;
+const DEFAULT_MAX_EVENTS: u64 = 1_000_000;
+const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_millis(100);
+const DEFAULT_SEGMENT_BYTES: u64 = 64 * ByteSize::MIB;
+const DEFAULT_WORKERS: usize = 1;
+const DEFAULT_BATCH_EVENTS_MAX: usize = 1000;
+
+/// Limits on settings: beyond them a value is a mistake, not a tuning choice.
+const WORKERS_MAX: i64 = 1024;
+const BATCH_EVENTS_MAX_MAX: i64 = 1_000_000;
+const BODY_BYTES_MAX_MAX: u64 = ByteSize::GIB;
+const SEGMENT_BYTES_MIN: u64 = 4 * ByteSize::KIB;
+const SEGMENT_BYTES_MAX: u64 = ByteSize::GIB;
+const NAME_LEN_MAX: usize = 64;
+/// Warn when a pipeline has more than this many workers per core.
+const WORKERS_PER_CORE_WARN: usize = 4;
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            types: Vec::new(),
+            priority: DEFAULT_PRIORITY,
+            max_bytes: ByteSize(DEFAULT_MAX_BYTES),
+            max_events: DEFAULT_MAX_EVENTS,
+            durability: Durability::Fsync,
+            fsync_interval: DEFAULT_FSYNC_INTERVAL,
+            segment_bytes: ByteSize(DEFAULT_SEGMENT_BYTES),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            address: DEFAULT_API_ADDRESS.parse().expect("valid default address"),
+            token: None,
+        }
+    }
+}
+
+impl Default for HttpSourceConfig {
+    fn default() -> Self {
+        HttpSourceConfig {
+            address: DEFAULT_HTTP_ADDRESS.parse().expect("valid default address"),
+            body_bytes_max: ByteSize(DEFAULT_BODY_BYTES_MAX),
+        }
+    }
+}
+
+impl Config {
+    /// The built-in default: HTTP ingest on 127.0.0.1:8080, admin API on 127.0.0.1:8081, one
+    /// catch-all queue `default`, one pipeline `default` writing NDJSON to
+    /// `<data_dir>/out/events.ndjson` through the file sink `default`.
+    pub fn default_config(data_dir: impl Into<PathBuf>) -> Config {
+        let data_dir = data_dir.into();
+        let mut config = Config {
+            data_dir,
+            api: ApiConfig::default(),
+            sources: IndexMap::from([(
+                "http".to_owned(),
+                SourceConfig::Http(HttpSourceConfig::default()),
+            )]),
+            queues: IndexMap::new(),
+            pipelines: IndexMap::new(),
+            sinks: IndexMap::new(),
+        };
+        config.add_default_topology();
+        config
+    }
+
+    fn add_default_topology(&mut self) {
+        let name = "default".to_owned();
+        self.queues.insert(
+            name.clone(),
+            QueueConfig {
+                types: vec![TypePattern::new("*").expect("valid pattern")],
+                ..QueueConfig::default()
+            },
+        );
+        self.pipelines.insert(
+            name.clone(),
+            PipelineConfig {
+                from: vec![name.clone()],
+                workers: DEFAULT_WORKERS,
+                processors: Vec::new(),
+                sink: name.clone(),
+                batch_events_max: DEFAULT_BATCH_EVENTS_MAX,
+            },
+        );
+        self.sinks.insert(
+            name,
+            SinkConfig::File {
+                path: self.data_dir.join("out").join("events.ndjson"),
+            },
+        );
+    }
+}
+
+/// Loads and validates the config file at `path`. `cores` is the number of CPU cores available
+/// (used only for warnings).
+pub fn load(path: &Path, cores: usize) -> Result<Loaded, Vec<Diagnostic>> {
+    let file = path.display().to_string();
+    let whole_file = |message: String| {
+        vec![diagnostic::diagnostic_at(
+            &file,
+            "",
+            0..0,
+            Severity::Error,
+            message,
+            None,
+        )]
+    };
+    let bytes =
+        std::fs::read(path).map_err(|e| whole_file(format!("cannot read the config file: {e}")))?;
+    match String::from_utf8(bytes) {
+        Ok(text) => parse_str(&text, &file, cores),
+        Err(e) => {
+            // The text before the first bad byte is intact in the lossy copy.
+            let at = e.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(e.as_bytes());
+            Err(vec![diagnostic::diagnostic_at(
+                &file,
+                &text,
+                at..at + 1,
+                Severity::Error,
+                "the config file is not valid UTF-8",
+                None,
+            )])
+        }
+    }
+}
+
+/// Parses and validates config text; `file_name` is used in diagnostics. Variables are read
+/// from the process environment.
+pub fn parse_str(src: &str, file_name: &str, cores: usize) -> Result<Loaded, Vec<Diagnostic>> {
+    parse_str_with_env(src, file_name, cores, &|name| std::env::var(name).ok())
+}
+
+/// [`parse_str`] with variables looked up by `env` (tests, or callers with their own
+/// environment).
+pub fn parse_str_with_env(
+    src: &str,
+    file_name: &str,
+    cores: usize,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, Vec<Diagnostic>> {
+    let expanded = interpolate::interpolate(src, env).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|e| {
+                diagnostic::diagnostic_at(
+                    file_name,
+                    src,
+                    e.span,
+                    Severity::Error,
+                    e.message,
+                    e.hint,
+                )
+            })
+            .collect::<Vec<_>>()
+    })?;
+    let source = Source {
+        file: file_name,
+        original: src,
+        expanded,
+    };
+    let root = DeTable::parse(&source.expanded.text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        vec![source.diagnostic(
+            Severity::Error,
+            span,
+            format!("invalid TOML: {}", e.message().trim_end()),
+            None,
+        )]
+    })?;
+    let mut decoder = Decoder {
+        source: &source,
+        cores: cores.max(1),
+        diagnostics: Vec::new(),
+    };
+    let config = decoder.root(&root);
+    let mut diagnostics = decoder.diagnostics;
+    diagnostics.sort_by_key(|d| (d.line, d.col, d.severity));
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        Err(diagnostics)
+    } else {
+        Ok(Loaded {
+            config,
+            warnings: diagnostics,
+        })
+    }
+}
+
+type Value<'i> = Spanned<DeValue<'i>>;
+type Key<'i> = Spanned<DeString<'i>>;
+
+const ROOT_KEYS: &[&str] = &["data_dir", "api", "sources", "queues", "pipelines", "sinks"];
+const API_KEYS: &[&str] = &["address", "token"];
+const HTTP_SOURCE_KEYS: &[&str] = &["type", "address", "body_bytes_max"];
+const QUEUE_KEYS: &[&str] = &[
+    "types",
+    "priority",
+    "max_bytes",
+    "max_events",
+    "durability",
+    "fsync_interval",
+    "segment_bytes",
+];
+const PIPELINE_KEYS: &[&str] = &["from", "workers", "processors", "sink", "batch_events_max"];
+const SOURCE_TYPES: &[&str] = &["http"];
+const SINK_TYPES: &[&str] = &["file", "stdout", "blackhole"];
+const PROCESSOR_TYPES: &[&str] = &["filter", "remap"];
+const DURABILITIES: &[&str] = &["fsync", "interval", "memory"];
+
+/// Where things were declared, for checks that run after decoding.
+#[derive(Default)]
+struct Spans {
+    /// Per queue (file order): its name's span and its `types` value's span.
+    queues: Vec<(Range<usize>, Range<usize>)>,
+    /// Per sink (file order): its name's span.
+    sinks: Vec<Range<usize>>,
+}
+
+struct Decoder<'a> {
+    source: &'a Source<'a>,
+    cores: usize,
+    diagnostics: Vec<Diagnostic>,
+}
+
+fn get<'t, 'i>(table: &'t DeTable<'i>, key: &str) -> Option<&'t Value<'i>> {
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref() == key)
+        .map(|(_, v)| v)
+}
+
+fn with_article(type_name: &str) -> String {
+    let article = if type_name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {type_name}")
+}
+
+impl Decoder<'_> {
+    fn report(
+        &mut self,
+        severity: Severity,
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) -> &mut Diagnostic {
+        let diagnostic = self.source.diagnostic(severity, span, message, hint);
+        self.diagnostics.push(diagnostic);
+        self.diagnostics.last_mut().expect("just pushed")
+    }
+
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>, hint: Option<String>) {
+        self.report(Severity::Error, span, message, hint);
+    }
+
+    fn warning(&mut self, span: Range<usize>, message: impl Into<String>, hint: Option<String>) {
+        self.report(Severity::Warning, span, message, hint);
+    }
+
+    fn wrong_type(&mut self, value: &Value<'_>, name: &str, expected: &str, hint: Option<String>) {
+        let found = with_article(value.get_ref().type_str());
+        self.error(
+            value.span(),
+            format!("`{name}` must be {expected}, found {found}"),
+            hint,
+        );
+    }
+
+    /// `value` as a table whose keys are all in `allowed` (unknown keys are reported).
+    fn table<'t, 'i>(
+        &mut self,
+        value: &'t Value<'i>,
+        name: &str,
+        what: &str,
+        allowed: &[&str],
+    ) -> Option<&'t DeTable<'i>> {
+        let DeValue::Table(table) = value.get_ref() else {
+            self.wrong_type(value, name, "a table", None);
+            return None;
+        };
+        self.check_keys(table, what, allowed);
+        Some(table)
+    }
+
+    fn check_keys(&mut self, table: &DeTable<'_>, what: &str, allowed: &[&str]) {
+        for (key, _) in table.iter() {
+            let key_str: &str = key.get_ref();
+            if allowed.contains(&key_str) {
+                continue;
+            }
+            let hint = did_you_mean(key_str, allowed.iter().copied()).or_else(|| {
+                let list: Vec<String> = allowed.iter().map(|k| format!("`{k}`")).collect();
+                Some(format!("allowed keys: {}", list.join(", ")))
+            });
+            let message = if what.is_empty() {
+                format!("unknown top-level key `{key_str}`")
+            } else {
+                format!("unknown key `{key_str}` in {what}")
+            };
+            self.error(key.span(), message, hint);
+        }
+    }
+
+    /// Reports that `table` lacks `key`, unless a misspelling of it is there (already reported
+    /// as an unknown key with "did you mean", which says more).
+    fn missing(
+        &mut self,
+        table: &DeTable<'_>,
+        key: &str,
+        span: Range<usize>,
+        what: &str,
+        hint: String,
+    ) {
+        let misspelt = table
+            .iter()
+            .any(|(k, _)| k.get_ref() != key && did_you_mean(k.get_ref(), [key]).is_some());
+        if !misspelt {
+            self.error(span, format!("{what} is missing `{key}`"), Some(hint));
+        }
+    }
+
+    /// The named tables of a section (`[queues.NAME]`), with valid names.
+    fn section<'t, 'i>(
+        &mut self,
+        root: &'t DeTable<'i>,
+        section: &str,
+    ) -> Option<Vec<(&'t Key<'i>, &'t Value<'i>)>> {
+        let value = get(root, section)?;
+        let DeValue::Table(table) = value.get_ref() else {
+            self.wrong_type(value, section, "a table", None);
+            return Some(Vec::new());
+        };
+        for (key, _) in table.iter() {
+            let name: &str = key.get_ref();
+            let valid = !name.is_empty()
+                && name.len() <= NAME_LEN_MAX
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                self.error(
+                    key.span(),
+                    format!("invalid name `{name}` in `{section}`"),
+                    Some(format!(
+                        "names are 1 to {NAME_LEN_MAX} ASCII letters, digits, `_` or `-`"
+                    )),
+                );
+            }
+        }
+        Some(table.iter().collect())
+    }
+
+    fn string(&mut self, value: &Value<'_>, name: &str) -> Option<String> {
+        match value.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            _ => {
+                self.wrong_type(value, name, "a string", None);
+                None
+            }
+        }
+    }
+
+    fn non_empty_string(&mut self, value: &Value<'_>, name: &str) -> Option<String> {
+        let s = self.string(value, name)?;
+        if s.is_empty() {
+            self.error(value.span(), format!("`{name}` must not be empty"), None);
+            return None;
+        }
+        Some(s)
+    }
+
+    fn integer(&mut self, value: &Value<'_>, name: &str, range: Range<i64>) -> Option<i64> {
+        let (min, max) = (range.start, range.end - 1);
+        let n = match value.get_ref() {
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok(),
+            DeValue::String(s) => {
+                let hint = s
+                    .trim()
+                    .parse::<i64>()
+                    .ok()
+                    .map(|n| format!("remove the quotes: `{name} = {n}`"));
+                self.wrong_type(value, name, "an integer", hint);
+                return None;
+            }
+            _ => {
+                self.wrong_type(value, name, "an integer", None);
+                return None;
+            }
+        };
+        match n {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                let message = if range.end == i64::MAX {
+                    format!("`{name}` must be at least {min}")
+                } else {
+                    format!("`{name}` must be between {min} and {max}")
+                };
+                self.error(value.span(), message, None);
+                None
+            }
+        }
+    }
+
+    fn size(&mut self, value: &Value<'_>, name: &str, min: u64, max: u64) -> Option<ByteSize> {
+        let size = match value.get_ref() {
+            DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix())
+                .map(ByteSize)
+                .map_err(|_| format!("`{name}` must not be negative")),
+            DeValue::String(s) => s.parse::<ByteSize>(),
+            _ => {
+                self.wrong_type(
+                    value,
+                    name,
+                    "a size like \"64MiB\" or a number of bytes",
+                    None,
+                );
+                return None;
+            }
+        };
+        match size {
+            Ok(size) if (min..=max).contains(&size.0) => Some(size),
+            Ok(_) => {
+                let message = if max == u64::MAX {
+                    format!("`{name}` must be at least {}", ByteSize(min))
+                } else {
+                    format!(
+                        "`{name}` must be between {} and {}",
+                        ByteSize(min),
+                        ByteSize(max)
+                    )
+                };
+                self.error(value.span(), message, None);
+                None
+            }
+            Err(message) => {
+                self.error(
+                    value.span(),
+                    message,
+                    Some("write a size like \"64MiB\", \"10MB\" or a number of bytes".to_owned()),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, value: &Value<'_>, name: &str) -> Option<Duration> {
+        let parsed = match value.get_ref() {
+            DeValue::String(s) => parse_duration(s),
+            DeValue::Integer(i) => {
+                let hint = format!("add a unit: `{name} = \"{}ms\"`", i.as_str());
+                self.wrong_type(value, name, "a duration like \"200ms\"", Some(hint));
+                return None;
+            }
+            _ => {
+                self.wrong_type(value, name, "a duration like \"200ms\"", None);
+                return None;
+            }
+        };
+        match parsed {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                self.error(
+                    value.span(),
+                    format!("`{name}` must be more than zero"),
+                    None,
+                );
+                None
+            }
+            Err(message) => {
+                self.error(
+                    value.span(),
+                    message,
+                    Some("write a duration like \"200ms\", \"5s\" or \"1m\"".to_owned()),
+                );
+                None
+            }
+        }
+    }
+
+    fn address(&mut self, value: &Value<'_>, name: &str) -> Option<SocketAddr> {
+        let text = self.string(value, name)?;
+        match text.parse() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                self.error(
+                    value.span(),
+                    format!("`{name}` must be an IP address and port, found {text:?}"),
+                    Some("for example \"127.0.0.1:8080\" or \"[::1]:8080\"".to_owned()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Index into `choices` of a string value; unknown values get "did you mean".
+    fn choice(&mut self, value: &Value<'_>, name: &str, choices: &[&str]) -> Option<usize> {
+        let text = self.string(value, name)?;
+        if let Some(i) = choices.iter().position(|c| *c == text) {
+            return Some(i);
+        }
+        let list: Vec<String> = choices.iter().map(|c| format!("\"{c}\"")).collect();
+        let hint = did_you_mean(&text, choices.iter().copied())
+            .unwrap_or_else(|| format!("use one of {}", list.join(", ")));
+        self.error(
+            value.span(),
+            format!("unknown {name} \"{text}\""),
+            Some(hint),
+        );
+        None
+    }
+
+    /// An array of strings (or, with `single`, one string), each with its span.
+    fn strings(
+        &mut self,
+        value: &Value<'_>,
+        name: &str,
+        single: bool,
+    ) -> Option<Vec<(String, Range<usize>)>> {
+        match value.get_ref() {
+            DeValue::String(s) if single => Some(vec![(s.to_string(), value.span())]),
+            DeValue::Array(items) => {
+                let mut out = Vec::new();
+                for item in items.iter() {
+                    match item.get_ref() {
+                        DeValue::String(s) => out.push((s.to_string(), item.span())),
+                        _ => self.wrong_type(
+                            item,
+                            &format!("{name}[{}]", out.len()),
+                            "a string",
+                            None,
+                        ),
+                    }
+                }
+                Some(out)
+            }
+            _ => {
+                let expected = if single {
+                    "a string or an array of strings"
+                } else {
+                    "an array of strings"
+                };
+                self.wrong_type(value, name, expected, None);
+                None
+            }
+        }
+    }
+
+    fn root(&mut self, root: &Spanned<DeTable<'_>>) -> Config {
+        let root = root.get_ref();
+        self.check_keys(root, "", ROOT_KEYS);
+        let data_dir = get(root, "data_dir")
+            .and_then(|v| self.non_empty_string(v, "data_dir"))
+            .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), PathBuf::from);
+        let mut config = Config {
+            data_dir,
+            api: ApiConfig::default(),
+            sources: IndexMap::new(),
+            queues: IndexMap::new(),
+            pipelines: IndexMap::new(),
+            sinks: IndexMap::new(),
+        };
+        if let Some(api) = get(root, "api") {
+            self.api(api, &mut config.api);
+        }
+        match self.section(root, "sources") {
+            None => {
+                let http = HttpSourceConfig::default();
+                if config.api.address == http.address {
+                    let span = get(root, "api")
+                        .and_then(|api| api.get_ref().as_table())
+                        .and_then(|api| get(api, "address"))
+                        .map_or(0..0, Spanned::span);
+                    self.error(
+                        span,
+                        format!(
+                            "address {} is already used by the default HTTP source",
+                            http.address
+                        ),
+                        Some("use another port, or configure [sources.http]".to_owned()),
+                    );
+                }
+                config
+                    .sources
+                    .insert("http".to_owned(), SourceConfig::Http(http));
+            }
+            Some(sources) => {
+                for (name, value) in &sources {
+                    if let Some(source) = self.source_config(name, value) {
+                        config.sources.insert(name.get_ref().to_string(), source);
+                    }
+                }
+                if sources.is_empty() {
+                    let span = root
+                        .iter()
+                        .find(|(k, _)| k.get_ref() == "sources")
+                        .map_or(0..0, |(k, _)| k.span());
+                    self.warning(
+                        span,
+                        "no sources: nothing can send events to this engine",
+                        Some("add [sources.http] with type = \"http\"".to_owned()),
+                    );
+                }
+                self.check_addresses(&sources, &config);
+            }
+        }
+
+        let queues = self.section(root, "queues");
+        let pipelines = self.section(root, "pipelines");
+        let sinks = self.section(root, "sinks");
+        if queues.is_none() && pipelines.is_none() && sinks.is_none() {
+            config.add_default_topology();
+            return config;
+        }
+        let (queues, pipelines, sinks) = (
+            queues.unwrap_or_default(),
+            pipelines.unwrap_or_default(),
+            sinks.unwrap_or_default(),
+        );
+        let mut spans = Spans::default();
+        for (name, value) in &queues {
+            if let Some((queue, types_span)) = self.queue(name, value) {
+                spans.queues.push((name.span(), types_span));
+                config.queues.insert(name.get_ref().to_string(), queue);
+            }
+        }
+        for (name, value) in &sinks {
+            if let Some(sink) = self.sink(name, value) {
+                spans.sinks.push(name.span());
+                config.sinks.insert(name.get_ref().to_string(), sink);
+            }
+        }
+        let queue_names: Vec<&str> = queues.iter().map(|(k, _)| k.get_ref().as_ref()).collect();
+        let sink_names: Vec<&str> = sinks.iter().map(|(k, _)| k.get_ref().as_ref()).collect();
+        for (name, value) in &pipelines {
+            if let Some(pipeline) = self.pipeline(name, value, &queue_names, &sink_names) {
+                config
+                    .pipelines
+                    .insert(name.get_ref().to_string(), pipeline);
+            }
+        }
+        // Warnings about the topology would mostly echo the errors (an invalid pipeline reads
+        // nothing): give them once the errors are fixed.
+        if !self.diagnostics.iter().any(Diagnostic::is_error) {
+            self.topology_warnings(&config, &spans);
+        }
+        config
+    }
+
+    fn api(&mut self, value: &Value<'_>, api: &mut ApiConfig) {
+        let Some(table) = self.table(value, "api", "[api]", API_KEYS) else {
+            return;
+        };
+        if let Some(address) = get(table, "address").and_then(|v| self.address(v, "address")) {
+            api.address = address;
+        }
+        if let Some(token) = get(table, "token") {
+            api.token = self.non_empty_string(token, "token");
+        }
+        if !api.address.ip().is_loopback() && api.token.is_none() {
+            let span = get(table, "address").map_or(value.span(), Spanned::span);
+            self.warning(
+                span,
+                format!(
+                    "the admin API listens on {} without a token: anyone who can reach it can \
+                     administer this engine",
+                    api.address
+                ),
+                Some("set `token`, or bind to 127.0.0.1".to_owned()),
+            );
+        }
+    }
+
+    fn source_config(&mut self, name: &Key<'_>, value: &Value<'_>) -> Option<SourceConfig> {
+        let what = format!("source `{}`", name.get_ref());
+        let table = self.typed_table(name, value, &what, SOURCE_TYPES, HTTP_SOURCE_KEYS)?;
+        self.check_keys(table, &what, HTTP_SOURCE_KEYS);
+        let mut http = HttpSourceConfig::default();
+        if let Some(address) = get(table, "address").and_then(|v| self.address(v, "address")) {
+            http.address = address;
+        }
+        if let Some(size) = get(table, "body_bytes_max")
+            .and_then(|v| self.size(v, "body_bytes_max", 1, BODY_BYTES_MAX_MAX))
+        {
+            http.body_bytes_max = size;
+        }
+        Some(SourceConfig::Http(http))
+    }
+
+    /// Two listeners on one address cannot both start: say so now, at the second one.
+    fn check_addresses(&mut self, sources: &[(&Key<'_>, &Value<'_>)], config: &Config) {
+        let mut taken = vec![("the admin API".to_owned(), config.api.address)];
+        for (name, value) in sources {
+            let Some(SourceConfig::Http(http)) = config.sources.get(name.get_ref().as_ref()) else {
+                continue;
+            };
+            if let Some((owner, _)) = taken.iter().find(|(_, a)| *a == http.address) {
+                let span = match value.get_ref() {
+                    DeValue::Table(t) => get(t, "address").map_or(name.span(), Spanned::span),
+                    _ => name.span(),
+                };
+                let message = format!("address {} is already used by {owner}", http.address);
+                self.error(
+                    span,
+                    message,
+                    Some("give each listener its own port".to_owned()),
+                );
+            }
+            taken.push((format!("source `{}`", name.get_ref()), http.address));
+        }
+    }
+
+    /// A table with a required `type` among `types`; returns it once the type is known good.
+    /// Which type it is can be read back with `get(table, "type")`. `all_keys` are the keys of
+    /// every type, checked when `type` is missing.
+    fn typed_table<'t, 'i>(
+        &mut self,
+        name: &Key<'_>,
+        value: &'t Value<'i>,
+        what: &str,
+        types: &[&str],
+        all_keys: &[&str],
+    ) -> Option<&'t DeTable<'i>> {
+        let DeValue::Table(table) = value.get_ref() else {
+            self.wrong_type(value, name.get_ref(), "a table", None);
+            return None;
+        };
+        let Some(ty) = get(table, "type") else {
+            self.check_keys(table, what, all_keys);
+            let list: Vec<String> = types.iter().map(|t| format!("\"{t}\"")).collect();
+            let hint = format!("add `type = ` one of {}", list.join(", "));
+            self.missing(table, "type", name.span(), what, hint);
+            return None;
+        };
+        self.choice(ty, "type", types)?;
+        Some(table)
+    }
+
+    /// The queue and the span of its `types` value.
+    fn queue(&mut self, name: &Key<'_>, value: &Value<'_>) -> Option<(QueueConfig, Range<usize>)> {
+        let what = format!("queue `{}`", name.get_ref());
+        let table = self.table(value, name.get_ref(), &what, QUEUE_KEYS)?;
+        let mut queue = QueueConfig::default();
+        let Some(types) = get(table, "types") else {
+            let hint =
+                "add the event types it takes, e.g. `types = [\"order.*\"]`, or `[\"*\"]` for all";
+            self.missing(table, "types", name.span(), &what, hint.to_owned());
+            return None;
+        };
+        if let Some(patterns) = self.strings(types, "types", false) {
+            if patterns.is_empty() {
+                self.error(
+                    types.span(),
+                    "`types` must not be empty: the queue would never receive an event",
+                    Some("list event type patterns, e.g. `types = [\"order.*\"]`".to_owned()),
+                );
+            }
+            for (text, span) in patterns {
+                match TypePattern::new(&text) {
+                    Ok(pattern) => queue.types.push(pattern),
+                    Err(message) => self.error(span, message, None),
+                }
+            }
+        }
+        if let Some(n) = get(table, "priority").and_then(|v| self.integer(v, "priority", 0..256)) {
+            queue.priority = u8::try_from(n).expect("range-checked");
+        }
+        if let Some(size) = get(table, "max_bytes")
+            .and_then(|v| self.size(v, "max_bytes", SEGMENT_BYTES_MIN, u64::MAX))
+        {
+            queue.max_bytes = size;
+        }
+        if let Some(n) =
+            get(table, "max_events").and_then(|v| self.integer(v, "max_events", 1..i64::MAX))
+        {
+            queue.max_events = u64::try_from(n).expect("range-checked");
+        }
+        if let Some(i) =
+            get(table, "durability").and_then(|v| self.choice(v, "durability", DURABILITIES))
+        {
+            queue.durability = [Durability::Fsync, Durability::Interval, Durability::Memory][i];
+        }
+        if let Some(interval) = get(table, "fsync_interval")
+            && let Some(d) = self.duration(interval, "fsync_interval")
+        {
+            queue.fsync_interval = d;
+            if queue.durability != Durability::Interval {
+                self.warning(
+                    interval.span(),
+                    format!(
+                        "`fsync_interval = \"{}\"` has no effect: {what} does not use \
+                         durability = \"interval\"",
+                        format_duration(d)
+                    ),
+                    Some("remove it, or set `durability = \"interval\"`".to_owned()),
+                );
+            }
+        }
+        if let Some(segment) = get(table, "segment_bytes")
+            && let Some(size) = self.size(
+                segment,
+                "segment_bytes",
+                SEGMENT_BYTES_MIN,
+                SEGMENT_BYTES_MAX,
+            )
+        {
+            queue.segment_bytes = size;
+            if size > queue.max_bytes {
+                self.error(
+                    segment.span(),
+                    format!(
+                        "`segment_bytes` ({size}) is larger than `max_bytes` ({}): the queue \
+                         could never hold one full segment",
+                        queue.max_bytes
+                    ),
+                    Some("make `segment_bytes` at most `max_bytes`".to_owned()),
+                );
+            }
+        }
+        Some((queue, types.span()))
+    }
+
+    fn sink(&mut self, name: &Key<'_>, value: &Value<'_>) -> Option<SinkConfig> {
+        let what = format!("sink `{}`", name.get_ref());
+        let table = self.typed_table(name, value, &what, SINK_TYPES, &["type", "path"])?;
+        let ty = get(table, "type")
+            .and_then(|v| v.get_ref().as_str())
+            .unwrap_or_default();
+        let what = format!("{what} (type \"{ty}\")");
+        match ty {
+            "file" => {
+                self.check_keys(table, &what, &["type", "path"]);
+                let Some(path) = get(table, "path") else {
+                    let hint = "add `path = \"./veltrix-data/out/events.ndjson\"`";
+                    self.missing(table, "path", name.span(), &what, hint.to_owned());
+                    return None;
+                };
+                let path = self.non_empty_string(path, "path")?;
+                Some(SinkConfig::File { path: path.into() })
+            }
+            "stdout" => {
+                self.check_keys(table, &what, &["type"]);
+                Some(SinkConfig::Stdout)
+            }
+            _ => {
+                self.check_keys(table, &what, &["type"]);
+                Some(SinkConfig::Blackhole)
+            }
+        }
+    }
+
+    fn pipeline(
+        &mut self,
+        name: &Key<'_>,
+        value: &Value<'_>,
+        queue_names: &[&str],
+        sink_names: &[&str],
+    ) -> Option<PipelineConfig> {
+        let what = format!("pipeline `{}`", name.get_ref());
+        let table = self.table(value, name.get_ref(), &what, PIPELINE_KEYS)?;
+        let mut pipeline = PipelineConfig {
+            from: Vec::new(),
+            workers: DEFAULT_WORKERS,
+            processors: Vec::new(),
+            sink: String::new(),
+            batch_events_max: DEFAULT_BATCH_EVENTS_MAX,
+        };
+        let mut valid = true;
+        match get(table, "from") {
+            None => {
+                valid = false;
+                let hint = "add the queues it reads, e.g. `from = [\"default\"]`";
+                self.missing(table, "from", name.span(), &what, hint.to_owned());
+            }
+            Some(from) => match self.strings(from, "from", true) {
+                Some(queues) if queues.is_empty() => {
+                    valid = false;
+                    self.error(from.span(), "`from` must name at least one queue", None);
+                }
+                Some(queues) => {
+                    for (queue, span) in queues {
+                        if pipeline.from.contains(&queue) {
+                            self.error(span, format!("{what} reads queue `{queue}` twice"), None);
+                        } else if !queue_names.contains(&queue.as_str()) {
+                            let hint = reference_hint(&queue, queue_names, "queues");
+                            self.error(span, format!("unknown queue `{queue}`"), Some(hint));
+                        }
+                        pipeline.from.push(queue);
+                    }
+                }
+                None => valid = false,
+            },
+        }
+        match get(table, "sink") {
+            None => {
+                valid = false;
+                let hint = "add the sink it writes to, e.g. `sink = \"default\"`";
+                self.missing(table, "sink", name.span(), &what, hint.to_owned());
+            }
+            Some(sink) => match self.string(sink, "sink") {
+                Some(s) if sink_names.contains(&s.as_str()) => pipeline.sink = s,
+                Some(s) => {
+                    valid = false;
+                    let hint = reference_hint(&s, sink_names, "sinks");
+                    self.error(sink.span(), format!("unknown sink `{s}`"), Some(hint));
+                }
+                None => valid = false,
+            },
+        }
+        if let Some(workers) = get(table, "workers")
+            && let Some(n) = self.integer(workers, "workers", 1..WORKERS_MAX + 1)
+        {
+            pipeline.workers = usize::try_from(n).expect("range-checked");
+            if pipeline.workers > WORKERS_PER_CORE_WARN * self.cores {
+                self.warning(
+                    workers.span(),
+                    format!(
+                        "`workers = {n}` is far above the {} available core(s): extra \
+                         workers add contention, not throughput",
+                        self.cores
+                    ),
+                    Some(format!(
+                        "use at most {} unless the sink waits on the network",
+                        WORKERS_PER_CORE_WARN * self.cores
+                    )),
+                );
+            }
+        }
+        if let Some(n) = get(table, "batch_events_max")
+            .and_then(|v| self.integer(v, "batch_events_max", 1..BATCH_EVENTS_MAX_MAX + 1))
+        {
+            pipeline.batch_events_max = usize::try_from(n).expect("range-checked");
+        }
+        if let Some(processors) = get(table, "processors") {
+            match processors.get_ref() {
+                DeValue::Array(items) => {
+                    for item in items.iter() {
+                        if let Some(processor) = self.processor(item) {
+                            pipeline.processors.push(processor);
+                        }
+                    }
+                }
+                _ => self.wrong_type(processors, "processors", "an array of tables", None),
+            }
+        }
+        valid.then_some(pipeline)
+    }
+
+    fn processor(&mut self, item: &Value<'_>) -> Option<ProcessorConfig> {
+        let what = "processor";
+        let DeValue::Table(table) = item.get_ref() else {
+            self.wrong_type(
+                item,
+                "processors",
+                "an array of tables",
+                Some("write `{ type = \"filter\", condition = '...' }`".to_owned()),
+            );
+            return None;
+        };
+        let Some(ty) = get(table, "type") else {
+            self.check_keys(table, what, &["type", "condition", "source"]);
+            let hint = "add `type = \"filter\"` or `type = \"remap\"`";
+            self.missing(table, "type", item.span(), what, hint.to_owned());
+            return None;
+        };
+        let kind = self.choice(ty, "processor type", PROCESSOR_TYPES)?;
+        let (key, what) = if kind == 0 {
+            ("condition", "filter processor")
+        } else {
+            ("source", "remap processor")
+        };
+        self.check_keys(table, what, &["type", key]);
+        let Some(program) = get(table, key) else {
+            let hint = format!("add `{key} = '...'` with a VRL expression");
+            self.missing(table, key, item.span(), what, hint);
+            return None;
+        };
+        let text = self.string(program, key)?;
+        let compiled = if kind == 0 {
+            Filter::compile(&text).map(|f| (f.warnings().to_vec(), ProcessorConfig::Filter(f)))
+        } else {
+            Remap::compile(&text).map(|r| (r.warnings().to_vec(), ProcessorConfig::Remap(r)))
+        };
+        match compiled {
+            Ok((warnings, processor)) => {
+                for warning in warnings {
+                    self.expr_diagnostic(Severity::Warning, program.span(), key, warning);
+                }
+                Some(processor)
+            }
+            Err(errors) => {
+                for error in errors {
+                    self.expr_diagnostic(Severity::Error, program.span(), key, error);
+                }
+                None
+            }
+        }
+    }
+
+    /// A VRL diagnostic, located at the start of the string holding the program (VRL's own
+    /// positions, relative to the program, are in the notes).
+    fn expr_diagnostic(
+        &mut self,
+        severity: Severity,
+        span: Range<usize>,
+        key: &str,
+        diagnostic: ExprDiagnostic,
+    ) {
+        let d = self.report(
+            severity,
+            span,
+            format!("in `{key}`: {}", diagnostic.message),
+            diagnostic.hint,
+        );
+        d.notes = diagnostic.notes;
+    }
+
+    fn topology_warnings(&mut self, config: &Config, spans: &Spans) {
+        let queues: Vec<(&String, &QueueConfig)> = config.queues.iter().collect();
+        if let Some((first_span, _)) = spans.queues.first()
+            && !queues
+                .iter()
+                .any(|(_, q)| q.types.iter().any(TypePattern::is_catch_all))
+        {
+            self.warning(
+                first_span.clone(),
+                "no queue takes every event type: events whose type matches no queue will be \
+                 rejected (HTTP 422)",
+                Some("add a catch-all queue last: `types = [\"*\"]`".to_owned()),
+            );
+        }
+        for (i, ((name, queue), (name_span, types_span))) in
+            queues.iter().zip(&spans.queues).enumerate()
+        {
+            let earlier = &queues[..i];
+            let shadowed = |pattern: &TypePattern| {
+                earlier.iter().any(|(_, q)| {
+                    q.types.iter().any(|e| {
+                        e.is_catch_all()
+                            || e.as_str() == pattern.as_str()
+                            || (pattern.is_literal() && e.matches(pattern.as_str()))
+                    })
+                })
+            };
+            if !queue.types.is_empty() && queue.types.iter().all(shadowed) {
+                self.warning(
+                    types_span.clone(),
+                    format!(
+                        "queue `{name}` can never receive an event: earlier queues match all of \
+                         its types first (routing takes the first match in file order)"
+                    ),
+                    Some("move this queue above the queue that matches its types".to_owned()),
+                );
+            }
+            if !config.pipelines.values().any(|p| p.from.contains(name)) {
+                self.warning(
+                    name_span.clone(),
+                    format!(
+                        "no pipeline reads queue `{name}`: its events will pile up until it is full"
+                    ),
+                    Some(format!("add `\"{name}\"` to some pipeline's `from`")),
+                );
+            }
+        }
+        for ((name, _), span) in config.sinks.iter().zip(&spans.sinks) {
+            if !config.pipelines.values().any(|p| &p.sink == name) {
+                self.warning(
+                    span.clone(),
+                    format!("no pipeline writes to sink `{name}`"),
+                    None,
+                );
+            }
+        }
+    }
+}
+
+/// "did you mean" for a dangling reference, else the list of what exists.
+fn reference_hint(name: &str, defined: &[&str], section: &str) -> String {
+    did_you_mean(name, defined.iter().copied()).unwrap_or_else(|| {
+        if defined.is_empty() {
+            format!("no {section} are defined: add a [{section}.{name}] table")
+        } else {
+            let list: Vec<String> = defined.iter().map(|n| format!("`{n}`")).collect();
+            format!("defined {section}: {}", list.join(", "))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

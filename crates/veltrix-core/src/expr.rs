@@ -1,0 +1,570 @@
+//! Expressions: filter conditions and remap programs in VRL (the Vector Remap Language).
+//!
+//! Programs are compiled once, when the config is loaded ([`Filter::compile`],
+//! [`Remap::compile`]), and run per event over the CloudEvent as `.` (`.type`, `.source`,
+//! `.data.amount`, extensions at the top level). VRL is strict: an expression that can fail at
+//! run time must be handled (`int!(.data.amount)`, `?? 0`), so most mistakes are compile
+//! errors, reported with the config location.
+//!
+//! Types known at compile time: `.specversion`, `.id`, `.source` and `.type` are strings; the
+//! rest is `any`. A filter condition must return a boolean and must not modify the event.
+//!
+//! Per-event cost: a [`Runtime`] (one per worker) is reused for every run, the event is borrowed
+//! (not moved or cloned) as the program's target, and nothing is allocated by the runtime itself.
+//! Converting between [`Event`] and a VRL [`Value`] ([`event_to_value`], [`value_to_event`]) is
+//! done once per event per pipeline, not per processor.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde_json::value::RawValue;
+use vrl::compiler::state::{ExternalEnv, RuntimeState};
+use vrl::compiler::{CompileConfig, Context, ExpressionError, Program, TargetValueRef, TimeZone};
+use vrl::diagnostic::{Diagnostic as VrlDiagnostic, DiagnosticList, Note, Span};
+use vrl::value::kind::Collection;
+use vrl::value::{Kind, ObjectMap, Secrets, Value};
+
+use crate::event::{AttrValue, Data, Event, ExtensionValue, InvalidEvent};
+
+/// A compile problem of a VRL program, in readable form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ExprDiagnostic {
+    /// One line: code and message, e.g. "VRL error E103: unhandled fallible assignment".
+    pub message: String,
+    /// Where in the program and why, and VRL's own hints (one line each).
+    pub notes: Vec<String>,
+    /// How to fix it, when there is a usual fix.
+    pub hint: Option<String>,
+}
+
+/// Why running a program on an event failed. The engine dead-letters or drops the event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// A runtime error (for example `int!` on a value that is not an integer).
+    #[error("VRL runtime error: {0}")]
+    Failed(String),
+    /// The program called `abort`.
+    #[error("aborted by the program{}", .0.as_ref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Aborted(Option<String>),
+}
+
+/// A compiled filter condition: events for which it returns `false` are dropped.
+#[derive(Clone)]
+pub struct Filter {
+    source: String,
+    program: Program,
+    warnings: Vec<ExprDiagnostic>,
+}
+
+/// A compiled remap program: it modifies the event in place.
+#[derive(Clone)]
+pub struct Remap {
+    source: String,
+    program: Program,
+    warnings: Vec<ExprDiagnostic>,
+}
+
+impl Filter {
+    /// Compiles a condition. It must return a boolean and must not modify the event.
+    pub fn compile(source: &str) -> Result<Filter, Vec<ExprDiagnostic>> {
+        let (program, warnings) = compile(source, true)?;
+        let kind = program.final_type_info().result.kind().clone();
+        if !kind.is_boolean() {
+            return Err(vec![ExprDiagnostic {
+                message: format!("a filter condition must return a boolean, but this one can return {kind}"),
+                notes: Vec::new(),
+                hint: Some(
+                    "compare explicitly (`.data.flag == true`) or coerce (`bool(.data.flag) ?? false`)"
+                        .to_owned(),
+                ),
+            }]);
+        }
+        Ok(Filter {
+            source: source.to_owned(),
+            program,
+            warnings,
+        })
+    }
+
+    /// The condition as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Compile warnings (legal but suspicious code).
+    pub fn warnings(&self) -> &[ExprDiagnostic] {
+        &self.warnings
+    }
+
+    /// Whether `event` passes the condition.
+    pub fn run(&self, runtime: &mut Runtime, event: &mut Value) -> Result<bool, RunError> {
+        match runtime.resolve(&self.program, event)? {
+            Value::Boolean(keep) => Ok(keep),
+            // Compile-time checked; a mismatch here is a VRL type-checking bug, not the event's.
+            other => Err(RunError::Failed(format!(
+                "condition returned {}, not a boolean",
+                other.kind_str()
+            ))),
+        }
+    }
+}
+
+impl Remap {
+    /// Compiles a remap program.
+    pub fn compile(source: &str) -> Result<Remap, Vec<ExprDiagnostic>> {
+        let (program, warnings) = compile(source, false)?;
+        Ok(Remap {
+            source: source.to_owned(),
+            program,
+            warnings,
+        })
+    }
+
+    /// The program as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Compile warnings (legal but suspicious code).
+    pub fn warnings(&self) -> &[ExprDiagnostic] {
+        &self.warnings
+    }
+
+    /// Runs the program on `event`, modifying it in place. On error `event` may be partly
+    /// modified.
+    pub fn run(&self, runtime: &mut Runtime, event: &mut Value) -> Result<(), RunError> {
+        runtime.resolve(&self.program, event).map(drop)
+    }
+}
+
+impl fmt::Debug for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Filter").field(&self.source).finish()
+    }
+}
+
+impl fmt::Debug for Remap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Remap").field(&self.source).finish()
+    }
+}
+
+/// Programs are equal when their sources are (compilation is deterministic).
+impl PartialEq for Filter {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl PartialEq for Remap {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+/// Per-worker scratch state for running programs; reuse one for every event.
+pub struct Runtime {
+    state: RuntimeState,
+    metadata: Value,
+    secrets: Secrets,
+    timezone: TimeZone,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            state: RuntimeState::default(),
+            metadata: Value::Object(ObjectMap::new()),
+            secrets: Secrets::default(),
+            timezone: TimeZone::default(),
+        }
+    }
+}
+
+impl Runtime {
+    pub fn new() -> Runtime {
+        Runtime::default()
+    }
+
+    fn resolve(&mut self, program: &Program, event: &mut Value) -> Result<Value, RunError> {
+        // Nothing of one event may leak into the next: variables and metadata start empty.
+        self.state.clear();
+        if !matches!(&self.metadata, Value::Object(m) if m.is_empty()) {
+            self.metadata = Value::Object(ObjectMap::new());
+        }
+        let mut target = TargetValueRef {
+            value: event,
+            metadata: &mut self.metadata,
+            secrets: &mut self.secrets,
+        };
+        let mut ctx = Context::new(&mut target, &mut self.state, &self.timezone);
+        program.resolve(&mut ctx).map_err(|e| match e {
+            ExpressionError::Abort { message, .. } => RunError::Aborted(message),
+            other => RunError::Failed(other.to_string()),
+        })
+    }
+}
+
+/// The type of `.` the compiler assumes: a CloudEvent whose required attributes are strings.
+fn event_kind() -> Kind {
+    let mut fields = Collection::any();
+    for name in ["specversion", "id", "source", "type"] {
+        fields = fields.with_known(name, Kind::bytes());
+    }
+    Kind::object(fields)
+}
+
+fn compile(
+    source: &str,
+    read_only: bool,
+) -> Result<(Program, Vec<ExprDiagnostic>), Vec<ExprDiagnostic>> {
+    let functions = vrl::stdlib::all();
+    let external = ExternalEnv::new_with_kind(event_kind(), Kind::object(Collection::any()));
+    let mut config = CompileConfig::default();
+    if read_only {
+        config.set_read_only();
+    }
+    match vrl::compiler::compile_with_external(source, &functions, &external, config) {
+        Ok(result) => Ok((result.program, readable(source, result.warnings))),
+        Err(diagnostics) => {
+            let errors: Vec<VrlDiagnostic> = diagnostics
+                .into_iter()
+                .filter(VrlDiagnostic::is_problem)
+                .collect();
+            Err(readable(source, DiagnosticList::from(errors)))
+        }
+    }
+}
+
+/// VRL's diagnostics as one-line messages plus notes (no colours, no boxes).
+fn readable(source: &str, diagnostics: DiagnosticList) -> Vec<ExprDiagnostic> {
+    diagnostics
+        .into_iter()
+        .map(|d| {
+            let kind = if d.is_problem() { "error" } else { "warning" };
+            // Labels on the same code read as one sentence ("or change this to...:" + code).
+            let mut labels: Vec<(Span, String)> = Vec::new();
+            for label in d.labels.iter().filter(|l| !l.message.trim().is_empty()) {
+                match labels.last_mut() {
+                    Some((span, text)) if *span == label.span => {
+                        text.push(' ');
+                        text.push_str(label.message.trim());
+                    }
+                    _ => labels.push((label.span, label.message.trim().to_owned())),
+                }
+            }
+            let mut notes: Vec<String> = labels
+                .into_iter()
+                .map(|(span, message)| {
+                    let code = source.get(span.start()..span.end()).unwrap_or_default();
+                    let column = source[..span.start().min(source.len())]
+                        .rsplit('\n')
+                        .next()
+                        .map_or(0, |line| line.chars().count())
+                        + 1;
+                    if code.trim().is_empty() {
+                        format!("column {column} of the expression: {message}")
+                    } else {
+                        format!(
+                            "column {column} of the expression, `{}`: {message}",
+                            one_line(code)
+                        )
+                    }
+                })
+                .collect();
+            notes.extend(d.notes.iter().filter_map(|note| match note {
+                Note::Hint(_)
+                | Note::Example(_)
+                | Note::CoerceValue
+                | Note::UserErrorMessage(_) => Some(note.to_string()),
+                Note::Basic(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+                _ => None,
+            }));
+            // Errors about unhandled failures (E100-E110) are the ones newcomers hit; VRL has a
+            // page for each.
+            let fallibility = (100..=110).contains(&d.code);
+            if fallibility {
+                notes.push(Note::SeeCodeDocs(d.code).to_string());
+            }
+            ExprDiagnostic {
+                message: format!("VRL {kind} E{:03}: {}", d.code, d.message),
+                notes,
+                hint: fallibility.then(|| FALLIBILITY_HINT.to_owned()),
+            }
+        })
+        .collect()
+}
+
+const FALLIBILITY_HINT: &str = "VRL makes you handle values that may have the wrong type: \
+     coerce with `!` to fail the event (`int!(.data.amount) * 2`), give a default \
+     (`to_int(.data.amount) ?? 0`), or capture the error (`.x, err = ...`)";
+
+fn one_line(code: &str) -> Cow<'_, str> {
+    const MAX: usize = 60;
+    let flat: Cow<'_, str> = if code.contains('\n') {
+        Cow::Owned(code.split_whitespace().collect::<Vec<_>>().join(" "))
+    } else {
+        Cow::Borrowed(code)
+    };
+    if flat.chars().count() > MAX {
+        Cow::Owned(format!("{}…", flat.chars().take(MAX).collect::<String>()))
+    } else {
+        flat
+    }
+}
+
+/// The event as a VRL value: an object with every attribute at the top level, `data` as a
+/// VRL value (from its JSON), `data_base64` as a string.
+///
+/// Fails only for valid JSON that VRL cannot represent (a number beyond `f64`, like `1e400`).
+pub fn event_to_value(event: &Event) -> Result<Value, InvalidEvent> {
+    let mut object = ObjectMap::new();
+    let mut put = |name: &str, value: Value| {
+        object.insert(name.into(), value);
+    };
+    put("specversion", Value::from(crate::event::SPEC_VERSION));
+    put("id", Value::from(event.id()));
+    put("source", Value::from(event.source()));
+    put("type", Value::from(event.ty()));
+    let optional = [
+        ("time", event.time()),
+        ("subject", event.subject()),
+        ("datacontenttype", event.datacontenttype()),
+        ("dataschema", event.dataschema()),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            put(name, Value::from(value));
+        }
+    }
+    for (name, value) in event.extensions() {
+        let value = match value {
+            ExtensionValue::String(s) => Value::from(s.as_str()),
+            ExtensionValue::Boolean(b) => Value::Boolean(*b),
+            ExtensionValue::Integer(i) => Value::Integer(*i),
+        };
+        put(name, value);
+    }
+    match event.data() {
+        Some(Data::Json(raw)) => match serde_json::from_str(raw.get()) {
+            Ok(data) => put("data", data),
+            Err(e) => {
+                return Err(InvalidEvent {
+                    message: format!("`data` cannot be converted for VRL: {e}"),
+                });
+            }
+        },
+        Some(Data::Base64(b64)) => put("data_base64", Value::from(b64.as_str())),
+        None => {}
+    }
+    Ok(Value::Object(object))
+}
+
+/// The event a VRL value describes, validated like an ingested event (a remap may have broken
+/// it). A missing `id` gets a new ULID; timestamps become RFC 3339 strings.
+pub fn value_to_event(value: &Value) -> Result<Event, InvalidEvent> {
+    let Value::Object(object) = value else {
+        return Err(InvalidEvent {
+            message: format!("an event must be an object, found {}", value.kind_str()),
+        });
+    };
+    let mut attributes = Vec::with_capacity(object.len());
+    for (name, value) in object {
+        let attr = if name.as_str() == "data" {
+            match value {
+                Value::Null => AttrValue::Null,
+                other => match serde_json::to_string(other).map(RawValue::from_string) {
+                    Ok(Ok(raw)) => AttrValue::Json(Cow::Owned(raw)),
+                    _ => AttrValue::Other("a value that is not JSON"),
+                },
+            }
+        } else {
+            match value {
+                Value::Bytes(_) | Value::String(_) => {
+                    AttrValue::Str(value.to_str_lossy().unwrap_or_default())
+                }
+                Value::Timestamp(ts) => {
+                    AttrValue::Str(Cow::Owned(vrl::value::value::timestamp_to_string(ts)))
+                }
+                Value::Integer(i) => AttrValue::Int(*i),
+                Value::Boolean(b) => AttrValue::Bool(*b),
+                Value::Null => AttrValue::Null,
+                Value::Float(_) => AttrValue::Other("a non-integer number"),
+                Value::Regex(_) => AttrValue::Other("a regex"),
+                Value::Object(_) => AttrValue::Other("an object"),
+                Value::Array(_) => AttrValue::Other("an array"),
+            }
+        };
+        attributes.push((name.as_str(), attr));
+    }
+    Event::from_attributes(attributes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::decode_body;
+
+    fn event(json: &str) -> Event {
+        let no_headers: &[(&str, &str)] = &[];
+        decode_body("application/cloudevents+json", no_headers, json.as_bytes())
+            .unwrap()
+            .remove(0)
+    }
+
+    const PAYMENT: &str = r#"{"specversion":"1.0","id":"1","source":"/shop","type":"payment.made","traceid":"abc","data":{"amount":"12","qty":3}}"#;
+
+    #[test]
+    fn filter_sees_attributes_and_data() {
+        let filter = Filter::compile(r#".type != "debug.ping" && .data.qty == 3"#).unwrap();
+        let mut rt = Runtime::new();
+        let mut value = event_to_value(&event(PAYMENT)).unwrap();
+        assert_eq!(filter.run(&mut rt, &mut value), Ok(true));
+        let mut ping =
+            event_to_value(&event(&PAYMENT.replace("payment.made", "debug.ping"))).unwrap();
+        assert_eq!(filter.run(&mut rt, &mut ping), Ok(false));
+    }
+
+    #[test]
+    fn required_attributes_are_known_strings_at_compile_time() {
+        // `starts_with` needs a string: infallible only because `.type` is known to be one.
+        assert!(Filter::compile(r#"starts_with(.type, "payment.")"#).is_ok());
+        assert!(Filter::compile(r#"starts_with(.subject, "x")"#).is_err());
+    }
+
+    #[test]
+    fn remap_modifies_the_event_and_converts_back() {
+        let remap = Remap::compile(
+            ".data.total = to_int!(.data.amount) * int!(.data.qty)\ndel(.traceid)\n.env = \"prod\"",
+        )
+        .unwrap();
+        let mut rt = Runtime::new();
+        let mut value = event_to_value(&event(PAYMENT)).unwrap();
+        remap.run(&mut rt, &mut value).unwrap();
+        let out = value_to_event(&value).unwrap();
+        let mut bytes = Vec::new();
+        out.to_json_bytes(&mut bytes);
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            r#"{"specversion":"1.0","id":"1","source":"/shop","type":"payment.made","env":"prod","data":{"amount":"12","qty":3,"total":36}}"#
+        );
+    }
+
+    #[test]
+    fn runtime_errors_are_typed_and_the_runtime_is_reusable() {
+        let remap = Remap::compile(".data.n = int!(.data.amount)").unwrap();
+        let mut rt = Runtime::new();
+        let mut value = event_to_value(&event(PAYMENT)).unwrap();
+        let err = remap.run(&mut rt, &mut value).unwrap_err();
+        assert!(
+            matches!(&err, RunError::Failed(m) if m.contains("expected integer")),
+            "{err}"
+        );
+        let abort = Remap::compile(r#"abort "no""#).unwrap();
+        assert_eq!(
+            abort.run(&mut rt, &mut value),
+            Err(RunError::Aborted(Some("no".to_owned())))
+        );
+        let ok = Remap::compile(".data.n = 1").unwrap();
+        assert_eq!(ok.run(&mut rt, &mut value), Ok(()));
+    }
+
+    #[test]
+    fn metadata_does_not_leak_between_events() {
+        let mark = Remap::compile("%seen = true").unwrap();
+        let check = Filter::compile("%seen == true").unwrap();
+        let mut rt = Runtime::new();
+        let mut first = event_to_value(&event(PAYMENT)).unwrap();
+        mark.run(&mut rt, &mut first).unwrap();
+        let mut second = event_to_value(&event(PAYMENT)).unwrap();
+        assert_eq!(check.run(&mut rt, &mut second), Ok(false));
+    }
+
+    #[test]
+    fn fallible_expressions_are_compile_errors_with_location_notes() {
+        let errors = Remap::compile(".data.total = .data.amount * 2").unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            errors[0].message,
+            "VRL error E103: unhandled fallible assignment"
+        );
+        assert!(
+            errors[0]
+                .notes
+                .iter()
+                .any(|n| n.contains("column 15 of the expression, `.data.amount * 2`: ")),
+            "{:?}",
+            errors[0].notes
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_compile_errors() {
+        let errors = Filter::compile(".type == ").unwrap_err();
+        assert!(
+            errors[0]
+                .message
+                .starts_with("VRL error E204: syntax error"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn conditions_must_be_boolean_and_read_only() {
+        let not_bool = Filter::compile(".data.flag").unwrap_err();
+        assert!(
+            not_bool[0].message.contains("must return a boolean"),
+            "{not_bool:?}"
+        );
+        let writes = Filter::compile(".x = 1\ntrue").unwrap_err();
+        assert!(writes[0].message.contains("read-only"), "{writes:?}");
+    }
+
+    #[test]
+    fn value_to_event_revalidates_the_event() {
+        let remap = Remap::compile("del(.source)\n.type = 3").unwrap();
+        let mut rt = Runtime::new();
+        let mut value = event_to_value(&event(PAYMENT)).unwrap();
+        remap.run(&mut rt, &mut value).unwrap();
+        let err = value_to_event(&value).unwrap_err();
+        assert_eq!(
+            err.message,
+            "attribute `type` must be a string, found an integer; missing required attribute `source`"
+        );
+    }
+
+    #[test]
+    fn event_value_round_trip_preserves_the_event() {
+        let original = event(
+            r#"{"specversion":"1.0","id":"9","source":"/s","type":"t","time":"2024-01-01T00:00:00Z","subject":"x","flag":true,"n":7,"data_base64":"AA=="}"#,
+        );
+        assert_eq!(
+            value_to_event(&event_to_value(&original).unwrap()).unwrap(),
+            original
+        );
+    }
+
+    #[test]
+    fn data_vrl_cannot_represent_is_an_error_not_a_panic() {
+        let huge =
+            event(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"x":1e400}}"#);
+        let err = event_to_value(&huge).unwrap_err();
+        assert!(
+            err.message
+                .starts_with("`data` cannot be converted for VRL"),
+            "{err}"
+        );
+        let wide = event(
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":18446744073709551615}"#,
+        );
+        assert!(event_to_value(&wide).is_ok());
+    }
+
+    #[test]
+    fn compiled_programs_can_be_shared_across_worker_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Filter>();
+        assert_send_sync::<Remap>();
+    }
+}
