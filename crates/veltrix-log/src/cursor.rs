@@ -268,15 +268,18 @@ impl Cursor {
         max_bytes: usize,
     ) -> Result<Vec<Record>, Error> {
         loop {
-            self.progress.borrow_and_update();
             let records = self.try_read_batch(max_records, max_bytes)?;
             if !records.is_empty() {
                 return Ok(records);
             }
-            if self.progress.changed().await.is_err() {
-                return Err(Error::Closed);
-            }
+            self.wait().await?;
         }
+    }
+
+    /// Waits until records may have arrived (or acknowledgements made room) since the last
+    /// [`Cursor::try_read_batch`]. Cancel-safe, so a consumer can wait on several cursors at once.
+    pub async fn wait(&mut self) -> Result<(), Error> {
+        self.progress.changed().await.map_err(|_| Error::Closed)
     }
 
     /// Like [`Cursor::read_batch`] but returns an empty batch instead of waiting.
@@ -285,6 +288,7 @@ impl Cursor {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>, Error> {
+        self.progress.borrow_and_update();
         loop {
             let step = self.read_step(max_records.max(1), max_bytes)?;
             match step {

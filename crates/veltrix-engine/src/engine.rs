@@ -1,0 +1,291 @@
+//! The engine's lifecycle: [`Engine::start`] opens the queues (recovering them), starts the sinks,
+//! the pipelines and the HTTP listeners; [`Engine::shutdown`] stops accepting (503), lets
+//! in-flight requests and batches finish within a grace period, persists the cursors and closes
+//! the queues.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use veltrix_core::config::{Config, Durability, Router as TypeRouter, SourceConfig};
+
+use crate::pipeline::{Input, Pipeline, PipelineStats};
+use crate::processors::Chain;
+use crate::queues::{self, Queue};
+use crate::sink::Sink;
+use crate::{api, ingest};
+
+/// Why the engine could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot create the data directory {dir}: {source}")]
+    DataDir { dir: PathBuf, source: io::Error },
+    #[error("cannot open queue `{queue}` in {dir}: {source}")]
+    Queue {
+        queue: String,
+        dir: PathBuf,
+        source: veltrix_log::Error,
+    },
+    #[error("cannot start sink `{sink}`: {source}")]
+    Sink { sink: String, source: io::Error },
+    #[error("pipeline `{pipeline}` cannot read queue `{queue}`: {source}")]
+    Cursor {
+        pipeline: String,
+        queue: String,
+        source: veltrix_log::Error,
+    },
+    #[error("cannot listen on {address} for {what}: {source}")]
+    Bind {
+        what: String,
+        address: SocketAddr,
+        source: io::Error,
+    },
+    #[error("queue `{queue}` did not close cleanly: {source}")]
+    Close {
+        queue: String,
+        source: veltrix_log::Error,
+    },
+}
+
+/// What is running where (for the startup banner and tests).
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// HTTP sources: name and bound address.
+    pub ingest: Vec<(String, SocketAddr)>,
+    /// The admin API's bound address.
+    pub api: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Queues: name, type patterns, durability, directory.
+    pub queues: Vec<(String, String, &'static str, PathBuf)>,
+    /// Pipelines: name, queues read, sink description.
+    pub pipelines: Vec<(String, String, String)>,
+}
+
+/// A running engine.
+pub struct Engine {
+    topology: Topology,
+    accepting: Arc<AtomicBool>,
+    stop_http: watch::Sender<bool>,
+    stop_workers: watch::Sender<bool>,
+    servers: Vec<JoinHandle<io::Result<()>>>,
+    pipelines: Vec<Pipeline>,
+    queues: Vec<Queue>,
+}
+
+async fn bind(what: String, address: SocketAddr) -> Result<TcpListener, EngineError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| EngineError::Bind {
+            what,
+            address,
+            source,
+        })
+}
+
+fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    })
+}
+
+impl Engine {
+    /// Starts everything `config` describes. Queues are recovered before any listener opens.
+    pub async fn start(config: Config) -> Result<Engine, EngineError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| EngineError::DataDir {
+            dir: config.data_dir.clone(),
+            source,
+        })?;
+        let mut queues = Vec::new();
+        for (queue, report) in queues::open_all(&config)? {
+            tracing::info!(
+                queue = %queue.name,
+                segments = report.segments,
+                next_offset = report.next_offset,
+                bytes_truncated = report.bytes_truncated,
+                records_quarantined = report.records_quarantined,
+                cursors_reset = report.cursors_reset.len(),
+                ledger_error = report.ledger_error.as_deref().unwrap_or("none"),
+                elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
+                "queue recovered"
+            );
+            queues.push(queue);
+        }
+        let queue_index: HashMap<&str, usize> = queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (q.name.as_str(), i))
+            .collect();
+
+        let mut sinks = HashMap::new();
+        for (name, sink) in &config.sinks {
+            let sink = Sink::start(name, sink).map_err(|source| EngineError::Sink {
+                sink: name.clone(),
+                source,
+            })?;
+            sinks.insert(name.clone(), Arc::new(sink));
+        }
+
+        let (stop_workers, stop_workers_rx) = watch::channel(false);
+        let mut pipelines = Vec::new();
+        let mut pipeline_topology = Vec::new();
+        for (name, p) in &config.pipelines {
+            let mut inputs = Vec::new();
+            for queue_name in &p.from {
+                let queue = &queues[queue_index[queue_name.as_str()]];
+                let cursor = queue
+                    .log
+                    .cursor(name)
+                    .map_err(|source| EngineError::Cursor {
+                        pipeline: name.clone(),
+                        queue: queue_name.clone(),
+                        source,
+                    })?;
+                inputs.push(Input {
+                    queue: queue_name.clone(),
+                    priority: queue.priority,
+                    cursor,
+                });
+            }
+            let sink = sinks[&p.sink].clone();
+            pipeline_topology.push((name.clone(), p.from.join(", "), sink.describe()));
+            pipelines.push(Pipeline::start(
+                name,
+                inputs,
+                Chain::new(p.processors.clone()),
+                sink,
+                p.workers,
+                p.batch_events_max,
+                Arc::new(PipelineStats::default()),
+                &stop_workers_rx,
+            ));
+        }
+
+        let accepting = Arc::new(AtomicBool::new(false));
+        let (stop_http, stop_http_rx) = watch::channel(false);
+        let mut servers = Vec::new();
+        let mut ingest_addrs = Vec::new();
+        for (name, source) in &config.sources {
+            match source {
+                SourceConfig::Http(http) => {
+                    let state = Arc::new(ingest::IngestState {
+                        router: TypeRouter::new(&config),
+                        queues: queues.clone(),
+                        body_bytes_max: http.body_bytes_max.bytes(),
+                        accepting: accepting.clone(),
+                    });
+                    let listener = bind(format!("source `{name}`"), http.address).await?;
+                    let address = listener.local_addr().map_err(|source| EngineError::Bind {
+                        what: format!("source `{name}`"),
+                        address: http.address,
+                        source,
+                    })?;
+                    ingest_addrs.push((name.clone(), address));
+                    servers.push(serve(listener, ingest::router(state), stop_http_rx.clone()));
+                }
+            }
+        }
+        let listener = bind("the admin API".to_owned(), config.api.address).await?;
+        let api_addr = listener.local_addr().map_err(|source| EngineError::Bind {
+            what: "the admin API".to_owned(),
+            address: config.api.address,
+            source,
+        })?;
+        servers.push(serve(
+            listener,
+            api::router(accepting.clone()),
+            stop_http_rx,
+        ));
+        accepting.store(true, Ordering::Release);
+
+        let topology = Topology {
+            ingest: ingest_addrs,
+            api: api_addr,
+            data_dir: config.data_dir.clone(),
+            queues: config
+                .queues
+                .iter()
+                .map(|(name, q)| {
+                    let types: Vec<&str> = q.types.iter().map(|t| t.as_str()).collect();
+                    let durability = match q.durability {
+                        Durability::Fsync => "fsync",
+                        Durability::Interval => "interval",
+                        Durability::Memory => "memory",
+                    };
+                    (
+                        name.clone(),
+                        types.join(", "),
+                        durability,
+                        queues::queue_dir(&config.data_dir, name),
+                    )
+                })
+                .collect(),
+            pipelines: pipeline_topology,
+        };
+        Ok(Engine {
+            topology,
+            accepting,
+            stop_http,
+            stop_workers,
+            servers,
+            pipelines,
+            queues,
+        })
+    }
+
+    /// What runs where.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Stops accepting (ingest answers 503 from now on), waits up to `grace` for in-flight
+    /// requests and batches, persists every cursor and closes the queues. Events whose batch did
+    /// not finish are redelivered at the next start.
+    pub async fn shutdown(self, grace: Duration) -> Result<(), EngineError> {
+        let deadline = tokio::time::Instant::now() + grace;
+        self.accepting.store(false, Ordering::Release);
+        let _ = self.stop_http.send(true);
+        for mut server in self.servers {
+            match tokio::time::timeout_at(deadline, &mut server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(error = %e, "an HTTP listener ended with an error")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "an HTTP listener task failed"),
+                Err(_) => {
+                    tracing::warn!("HTTP connections still open at the deadline are closed");
+                    server.abort();
+                }
+            }
+        }
+        let _ = self.stop_workers.send(true);
+        for pipeline in self.pipelines {
+            pipeline.join(deadline).await;
+        }
+        let mut result = Ok(());
+        for queue in self.queues {
+            if let Err(source) = queue.log.close() {
+                tracing::error!(queue = %queue.name, error = %source, "closing a queue failed");
+                result = Err(EngineError::Close {
+                    queue: queue.name,
+                    source,
+                });
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,223 @@
+//! HTTP ingest: `POST /v1/events`.
+//!
+//! A request is all or nothing. The body is read up to `body_bytes_max` (413 beyond, without
+//! reading further), decoded (415 for an unknown content type, 400 naming every bad event),
+//! routed (422 naming every event whose type no queue takes), then appended to each queue as one
+//! batch. `202 {"accepted": N}` is sent only after every queue's group commit made the events
+//! durable. A full queue answers 429 with `Retry-After` at once; storage failures answer 503.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::json;
+use veltrix_core::config::Router as TypeRouter;
+use veltrix_core::event::{self, DecodeError, Headers};
+
+use crate::problem::{EventProblem, Problem};
+use crate::queues::Queue;
+
+/// Shared by every ingest request.
+pub(crate) struct IngestState {
+    pub(crate) router: TypeRouter,
+    /// Indexed like the router's queue indices (config file order).
+    pub(crate) queues: Vec<Queue>,
+    pub(crate) body_bytes_max: u64,
+    /// False once shutdown began: requests get 503.
+    pub(crate) accepting: Arc<AtomicBool>,
+}
+
+pub(crate) fn router(state: Arc<IngestState>) -> Router {
+    Router::new()
+        .route("/v1/events", post(post_events))
+        .with_state(state)
+}
+
+struct HeaderMapView<'a>(&'a HeaderMap);
+
+impl Headers for HeaderMapView<'_> {
+    fn for_each_header(&self, f: &mut dyn FnMut(&str, &str)) {
+        for (name, value) in self.0 {
+            if let Ok(value) = value.to_str() {
+                f(name.as_str(), value);
+            }
+        }
+    }
+}
+
+fn unavailable(detail: impl Into<String>) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "Service unavailable",
+        detail,
+    )
+    .retry_after(1)
+}
+
+async fn post_events(
+    State(st): State<Arc<IngestState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match ingest(&st, &headers, body).await {
+        Ok(accepted) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "accepted": accepted })),
+        )
+            .into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<usize, Problem> {
+    if !st.accepting.load(Ordering::Acquire) {
+        return Err(unavailable("the engine is shutting down"));
+    }
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
+            format!(
+                "the body exceeds body_bytes_max ({} bytes); split it into smaller requests",
+                st.body_bytes_max
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > st.body_bytes_max) {
+        return Err(too_large());
+    }
+    let limit = usize::try_from(st.body_bytes_max).unwrap_or(usize::MAX);
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let mut is_limit = false;
+        while let Some(s) = source {
+            is_limit |= s.is::<http_body_util::LengthLimitError>();
+            source = s.source();
+        }
+        if is_limit {
+            too_large()
+        } else {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable-body",
+                "Unreadable body",
+                format!("reading the body failed: {e}"),
+            )
+        }
+    })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let events =
+        event::decode_body(content_type, &HeaderMapView(headers), &bytes).map_err(|e| match e {
+            DecodeError::UnsupportedMediaType(_) => Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                e.to_string(),
+            ),
+            DecodeError::Invalid(errors) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-events",
+                "Invalid events",
+                format!(
+                    "{} event(s) are invalid; nothing of this request was accepted",
+                    errors.len()
+                ),
+            )
+            .with_errors(
+                errors
+                    .into_iter()
+                    .map(|e| EventProblem {
+                        index: e.index,
+                        message: e.message,
+                    })
+                    .collect(),
+            ),
+        })?;
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let mut per_queue: Vec<Vec<Vec<u8>>> = vec![Vec::new(); st.queues.len()];
+    let mut unroutable = Vec::new();
+    for (index, event) in events.iter().enumerate() {
+        match st.router.route(event.ty()) {
+            Some(queue) => {
+                let mut stored = Vec::with_capacity(256);
+                event.to_json_bytes(&mut stored);
+                per_queue[queue.0].push(stored);
+            }
+            None => unroutable.push(EventProblem {
+                index,
+                message: format!("no queue takes event type `{}`", event.ty()),
+            }),
+        }
+    }
+    if !unroutable.is_empty() {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unroutable-events",
+            "Unroutable events",
+            format!(
+                "{} event(s) match no queue's `types`; nothing of this request was accepted (add a catch-all queue with types = [\"*\"] to take every type)",
+                unroutable.len()
+            ),
+        )
+        .with_errors(unroutable));
+    }
+    let mut tickets = Vec::new();
+    for (queue, batch) in st.queues.iter().zip(&per_queue) {
+        if batch.is_empty() {
+            continue;
+        }
+        let ticket = queue
+            .log
+            .append_batch(batch)
+            .map_err(|e| append_problem(&queue.name, e))?;
+        tickets.push((queue, ticket));
+    }
+    for (queue, ticket) in tickets {
+        ticket.await.map_err(|e| append_problem(&queue.name, e))?;
+    }
+    Ok(events.len())
+}
+
+fn append_problem(queue: &str, e: veltrix_log::Error) -> Problem {
+    use veltrix_log::Error as E;
+    match e {
+        E::Full(reason) => Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "queue-full",
+            "Queue full",
+            format!("queue `{queue}` is full ({reason}); retry later"),
+        )
+        .retry_after(1),
+        E::RecordTooLarge { size, max } => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "event-too-large",
+            "Event too large",
+            format!(
+                "an event of {size} bytes exceeds queue `{queue}`'s record limit of {max} bytes"
+            ),
+        ),
+        E::Closed => unavailable("the engine is shutting down"),
+        other => {
+            tracing::error!(queue, error = %other, "appending to a queue failed");
+            unavailable(format!(
+                "queue `{queue}` could not store the events: {other}"
+            ))
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! `veltrix-engine`: the runtime that turns a validated [`veltrix_core::config::Config`] into
+//! running sources, queues, pipelines and sinks.
+//!
+//! Key design decision: an event travels as part of a batch from the HTTP request to the sink —
+//! one decode pass per request, one group commit per queue per request, one sink write (and
+//! fdatasync) per pipeline batch — and it is acknowledged to its queue only after the sink
+//! confirms it. A crash anywhere therefore redelivers (at-least-once) and never loses an event
+//! that was answered `202`.
+//!
+//! Only this crate and the binary know HTTP; `veltrix-core` stays pure and `veltrix-log` knows
+//! nothing about events.
+
+mod api;
+mod engine;
+mod ingest;
+mod pipeline;
+mod problem;
+mod processors;
+mod queues;
+mod sink;
+
+pub use engine::{Engine, EngineError, Topology};

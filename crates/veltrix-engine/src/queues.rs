@@ -1,0 +1,68 @@
+//! The queues: one `veltrix-log` log per configured queue, under `<data_dir>/queues/<name>`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use veltrix_core::config::{Config, Durability, QueueConfig};
+use veltrix_log::{Log, LogOptions, RecoveryReport};
+
+use crate::engine::EngineError;
+
+/// An open queue.
+#[derive(Debug, Clone)]
+pub(crate) struct Queue {
+    pub(crate) name: String,
+    pub(crate) priority: u8,
+    pub(crate) log: Log,
+}
+
+pub(crate) fn log_options(q: &QueueConfig) -> LogOptions {
+    let defaults = LogOptions::default();
+    let segment_bytes = q.segment_bytes.bytes();
+    LogOptions {
+        durability: match q.durability {
+            Durability::Fsync => veltrix_log::Durability::Fsync,
+            Durability::Interval => veltrix_log::Durability::Interval(q.fsync_interval),
+            Durability::Memory => veltrix_log::Durability::Memory,
+        },
+        segment_bytes,
+        max_bytes: q.max_bytes.bytes(),
+        max_records: q.max_events,
+        // A record must fit in a segment; small segments (tests) cap the record size.
+        record_bytes_max: defaults
+            .record_bytes_max
+            .min(u32::try_from(segment_bytes / 2).unwrap_or(u32::MAX)),
+        cursor_sync_interval: Duration::from_secs(1),
+        ..defaults
+    }
+}
+
+/// Opens every queue of `config`, in file order (the router's queue indices).
+pub(crate) fn open_all(config: &Config) -> Result<Vec<(Queue, RecoveryReport)>, EngineError> {
+    let root = config.data_dir.join("queues");
+    config
+        .queues
+        .iter()
+        .map(|(name, q)| {
+            let dir = root.join(name);
+            let (log, report) =
+                Log::open(&dir, log_options(q)).map_err(|source| EngineError::Queue {
+                    queue: name.clone(),
+                    dir: dir.clone(),
+                    source,
+                })?;
+            Ok((
+                Queue {
+                    name: name.clone(),
+                    priority: q.priority,
+                    log,
+                },
+                report,
+            ))
+        })
+        .collect()
+}
+
+pub(crate) fn queue_dir(data_dir: &Path, name: &str) -> std::path::PathBuf {
+    data_dir.join("queues").join(name)
+}

@@ -1,0 +1,151 @@
+//! Sinks: where a pipeline delivers. A sink confirms a batch only once it is as durable as the
+//! sink can make it (the file sink: after fdatasync), because confirming is what lets the
+//! pipeline acknowledge the events to their queue.
+//!
+//! The file sink owns one writer thread: workers hand it NDJSON batches, it writes everything
+//! waiting with one `write` and one `fdatasync` (group commit) and answers each batch. Its queue
+//! of waiting batches is bounded (`FILE_SINK_QUEUE_MAX`), so a slow disk pushes back on workers.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use veltrix_core::config::SinkConfig;
+
+/// Batches that may wait for the file sink's writer thread.
+const FILE_SINK_QUEUE_MAX: usize = 64;
+
+/// Why a sink did not confirm a batch.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SinkError {
+    #[error("writing {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("the sink is closed")]
+    Closed,
+}
+
+/// A running sink.
+pub(crate) enum Sink {
+    File(FileSink),
+    Stdout,
+    Blackhole { events: AtomicU64 },
+}
+
+impl Sink {
+    pub(crate) fn start(name: &str, config: &SinkConfig) -> io::Result<Sink> {
+        Ok(match config {
+            SinkConfig::File { path } => Sink::File(FileSink::start(name, path)?),
+            SinkConfig::Stdout => Sink::Stdout,
+            SinkConfig::Blackhole => Sink::Blackhole {
+                events: AtomicU64::new(0),
+            },
+        })
+    }
+
+    /// Delivers `ndjson` (`events` lines); returns once the sink confirms it.
+    pub(crate) async fn write(&self, ndjson: Bytes, events: u64) -> Result<(), SinkError> {
+        match self {
+            Sink::File(file) => file.write(ndjson).await,
+            Sink::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(&ndjson)
+                    .and_then(|()| out.flush())
+                    .map_err(|source| SinkError::Io {
+                        path: PathBuf::from("<stdout>"),
+                        source,
+                    })
+            }
+            Sink::Blackhole { events: count } => {
+                count.fetch_add(events, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+
+    /// Where the sink writes, for the startup banner.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Sink::File(f) => format!("file {}", f.path.display()),
+            Sink::Stdout => "stdout".to_owned(),
+            Sink::Blackhole { .. } => "blackhole".to_owned(),
+        }
+    }
+}
+
+type Job = (Bytes, oneshot::Sender<io::Result<()>>);
+
+/// NDJSON appended to a file; a batch is confirmed after fdatasync.
+pub(crate) struct FileSink {
+    path: PathBuf,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl FileSink {
+    fn start(name: &str, path: &Path) -> io::Result<FileSink> {
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let (jobs, rx) = mpsc::channel(FILE_SINK_QUEUE_MAX);
+        std::thread::Builder::new()
+            .name(format!("sink-{name}"))
+            .spawn(move || file_writer(file, rx))?;
+        Ok(FileSink {
+            path: path.to_path_buf(),
+            jobs,
+        })
+    }
+
+    async fn write(&self, ndjson: Bytes) -> Result<(), SinkError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send((ndjson, tx))
+            .await
+            .map_err(|_| SinkError::Closed)?;
+        rx.await
+            .map_err(|_| SinkError::Closed)?
+            .map_err(|source| SinkError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+/// The writer thread: takes every waiting batch, writes them at once, syncs once, answers all.
+/// A failed write is cut off again (the file keeps only whole, confirmed lines) and reported, so
+/// the pipeline retries it. Stops when every `FileSink` handle is gone.
+fn file_writer(mut file: File, mut jobs: mpsc::Receiver<Job>) {
+    let mut len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::new();
+    let mut waiting: Vec<oneshot::Sender<io::Result<()>>> = Vec::new();
+    while let Some((first, tx)) = jobs.blocking_recv() {
+        buf.clear();
+        buf.extend_from_slice(&first);
+        waiting.push(tx);
+        while let Ok((more, tx)) = jobs.try_recv() {
+            buf.extend_from_slice(&more);
+            waiting.push(tx);
+        }
+        let result = file.write_all(&buf).and_then(|()| file.sync_data());
+        match &result {
+            Ok(()) => len += buf.len() as u64,
+            Err(_) => {
+                if let Err(e) = file.set_len(len) {
+                    tracing::error!(error = %e, "file sink could not cut off a failed write");
+                }
+            }
+        }
+        for tx in waiting.drain(..) {
+            let answer = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            let _ = tx.send(answer);
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! `veltrix`: the command line. `main` only maps the outcome to an exit code; the commands live
+//! in their own modules.
+
+mod cli;
+mod run;
+mod send;
+mod validate;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::main()
+}

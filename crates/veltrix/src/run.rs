@@ -1,0 +1,116 @@
+//! `veltrix run`: load the config, start the engine, print where everything is, stop cleanly on
+//! SIGINT/SIGTERM.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use veltrix_core::config::{self, Config, DEFAULT_DATA_DIR};
+use veltrix_engine::Engine;
+
+use crate::cli::{cores, exit};
+
+pub(crate) fn run(config_path: Option<&Path>, grace: Duration) -> u8 {
+    let config = match config_path {
+        Some(path) => match config::load(path, cores()) {
+            Ok(loaded) => {
+                for warning in &loaded.warnings {
+                    eprintln!("{warning}");
+                }
+                loaded.config
+            }
+            Err(diagnostics) => {
+                for d in &diagnostics {
+                    eprintln!("{d}");
+                }
+                eprintln!(
+                    "veltrix: {} is invalid; nothing was started",
+                    path.display()
+                );
+                return exit::CONFIG;
+            }
+        },
+        None => Config::default_config(DEFAULT_DATA_DIR),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("veltrix: cannot start the async runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config, config_path, grace))
+}
+
+async fn serve(config: Config, config_path: Option<&Path>, grace: Duration) -> u8 {
+    let started = Instant::now();
+    let engine = match Engine::start(config).await {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("veltrix: cannot start: {e}");
+            return exit::FAILURE;
+        }
+    };
+    print_banner(&engine, config_path, started.elapsed());
+    if let Err(e) = wait_for_signal().await {
+        eprintln!("veltrix: cannot listen for signals: {e}");
+    }
+    println!(
+        "veltrix: stopping (new requests get 503; waiting up to {grace:?} for in-flight work)"
+    );
+    let stopping = Instant::now();
+    match engine.shutdown(grace).await {
+        Ok(()) => {
+            println!(
+                "veltrix: stopped cleanly in {:.0} ms",
+                stopping.elapsed().as_secs_f64() * 1e3
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("veltrix: stopped with an error: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+fn print_banner(engine: &Engine, config_path: Option<&Path>, took: Duration) {
+    let t = engine.topology();
+    let config = config_path.map_or_else(
+        || "built-in default".to_owned(),
+        |p| p.display().to_string(),
+    );
+    println!(
+        "veltrix {} started in {:.0} ms (config: {config})",
+        env!("CARGO_PKG_VERSION"),
+        took.as_secs_f64() * 1e3
+    );
+    for (name, address) in &t.ingest {
+        println!("  ingest    http://{address}/v1/events  (source `{name}`: POST CloudEvents)");
+    }
+    println!("  admin     http://{}  (/healthz, /readyz)", t.api);
+    println!("  data      {}", t.data_dir.display());
+    for (name, types, durability, dir) in &t.queues {
+        println!(
+            "  queue     {name}: types [{types}], durability {durability}, {}",
+            dir.display()
+        );
+    }
+    for (name, from, sink) in &t.pipelines {
+        println!("  pipeline  {name}: {from} -> {sink}");
+    }
+    println!("press Ctrl-C to stop");
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
