@@ -32,7 +32,8 @@ pub(crate) fn log_options(q: &QueueConfig) -> LogOptions {
         record_bytes_max: defaults
             .record_bytes_max
             .min(u32::try_from(segment_bytes / 2).unwrap_or(u32::MAX)),
-        cursor_sync_interval: Duration::from_secs(1),
+        // Bounds redelivery after a crash to about this much work; one small ledger write each.
+        cursor_sync_interval: Duration::from_millis(250),
         ..defaults
     }
 }

@@ -90,7 +90,12 @@ impl FileSink {
         {
             std::fs::create_dir_all(parent)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        cut_torn_line(&file)?;
         let (jobs, rx) = mpsc::channel(FILE_SINK_QUEUE_MAX);
         std::thread::Builder::new()
             .name(format!("sink-{name}"))
@@ -114,6 +119,35 @@ impl FileSink {
                 source,
             })
     }
+}
+
+/// A crash in the middle of a write can leave a last line without its newline. Those bytes were
+/// never confirmed (their events will be delivered again), and appending after them would glue
+/// the next event onto a broken line, so they are cut off before writing.
+fn cut_torn_line(file: &File) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let buf = &mut chunk[..(end - start) as usize];
+        file.read_exact_at(buf, start)?;
+        if let Some(i) = buf.iter().rposition(|b| *b == b'\n') {
+            end = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end < len {
+        tracing::warn!(
+            cut_bytes = len - end,
+            "file sink: cutting off a torn last line left by a crash"
+        );
+        file.set_len(end)?;
+        file.sync_data()?;
+    }
+    Ok(())
 }
 
 /// The writer thread: takes every waiting batch, writes them at once, syncs once, answers all.
@@ -147,5 +181,26 @@ fn file_writer(mut file: File, mut jobs: mpsc::Receiver<Job>) {
             };
             let _ = tx.send(answer);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn file_sink_cuts_a_torn_last_line_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out").join("events.ndjson");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"{\"id\":\"1\"}\n{\"id\":\"2\",\"da").unwrap();
+        let sink = Sink::start("t", &SinkConfig::File { path: path.clone() }).unwrap();
+        sink.write(Bytes::from_static(b"{\"id\":\"3\"}\n"), 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"id\":\"1\"}\n{\"id\":\"3\"}\n"
+        );
     }
 }

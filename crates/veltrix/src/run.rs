@@ -9,6 +9,15 @@ use veltrix_engine::Engine;
 
 use crate::cli::{cores, exit};
 
+/// Prints a status line on stdout. Losing stdout (a closed pipe) must never stop the engine, so
+/// write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub(crate) fn run(config_path: Option<&Path>, grace: Duration) -> u8 {
     let config = match config_path {
         Some(path) => match config::load(path, cores()) {
@@ -57,13 +66,11 @@ async fn serve(config: Config, config_path: Option<&Path>, grace: Duration) -> u
     if let Err(e) = wait_for_signal().await {
         eprintln!("veltrix: cannot listen for signals: {e}");
     }
-    println!(
-        "veltrix: stopping (new requests get 503; waiting up to {grace:?} for in-flight work)"
-    );
+    say!("veltrix: stopping (new requests get 503; waiting up to {grace:?} for in-flight work)");
     let stopping = Instant::now();
     match engine.shutdown(grace).await {
         Ok(()) => {
-            println!(
+            say!(
                 "veltrix: stopped cleanly in {:.0} ms",
                 stopping.elapsed().as_secs_f64() * 1e3
             );
@@ -82,26 +89,26 @@ fn print_banner(engine: &Engine, config_path: Option<&Path>, took: Duration) {
         || "built-in default".to_owned(),
         |p| p.display().to_string(),
     );
-    println!(
+    say!(
         "veltrix {} started in {:.0} ms (config: {config})",
         env!("CARGO_PKG_VERSION"),
         took.as_secs_f64() * 1e3
     );
     for (name, address) in &t.ingest {
-        println!("  ingest    http://{address}/v1/events  (source `{name}`: POST CloudEvents)");
+        say!("  ingest    http://{address}/v1/events  (source `{name}`: POST CloudEvents)");
     }
-    println!("  admin     http://{}  (/healthz, /readyz)", t.api);
-    println!("  data      {}", t.data_dir.display());
+    say!("  admin     http://{}  (/healthz, /readyz)", t.api);
+    say!("  data      {}", t.data_dir.display());
     for (name, types, durability, dir) in &t.queues {
-        println!(
+        say!(
             "  queue     {name}: types [{types}], durability {durability}, {}",
             dir.display()
         );
     }
     for (name, from, sink) in &t.pipelines {
-        println!("  pipeline  {name}: {from} -> {sink}");
+        say!("  pipeline  {name}: {from} -> {sink}");
     }
-    println!("press Ctrl-C to stop");
+    say!("press Ctrl-C to stop");
 }
 
 async fn wait_for_signal() -> std::io::Result<()> {

@@ -897,7 +897,11 @@ impl Decoder<'_> {
             let Some(SourceConfig::Http(http)) = config.sources.get(name.get_ref().as_ref()) else {
                 continue;
             };
-            if let Some((owner, _)) = taken.iter().find(|(_, a)| *a == http.address) {
+            // Port 0 asks the OS for any free port: never a clash.
+            let clash = taken
+                .iter()
+                .find(|(_, a)| *a == http.address && http.address.port() != 0);
+            if let Some((owner, _)) = clash {
                 let span = match value.get_ref() {
                     DeValue::Table(t) => get(t, "address").map_or(name.span(), Spanned::span),
                     _ => name.span(),

@@ -578,6 +578,12 @@ fn listeners_on_the_same_address_are_errors() {
 }
 
 #[test]
+fn listeners_on_port_zero_never_clash() {
+    let src = "[api]\naddress = \"127.0.0.1:0\"\n[sources.a]\ntype = \"http\"\naddress = \"127.0.0.1:0\"\n";
+    valid(src);
+}
+
+#[test]
 fn the_admin_api_cannot_take_the_default_ingest_address() {
     check_error(
         "[api]\naddress = \"127.0.0.1:8080\"\n",
