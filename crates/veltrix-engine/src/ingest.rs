@@ -221,3 +221,77 @@ fn append_problem(queue: &str, e: veltrix_log::Error) -> Problem {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    use veltrix_core::config::Config;
+    use veltrix_log::{Log, LogOptions};
+
+    /// One check per boundary: the ingest router's answer to one request.
+    async fn check(
+        accepting: bool,
+        content_type: &str,
+        body: String,
+    ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let config = Config::default_config("/unused");
+        let (log, _) = Log::open(
+            "/unused/memory",
+            LogOptions {
+                durability: veltrix_log::Durability::Memory,
+                ..LogOptions::default()
+            },
+        )
+        .unwrap();
+        let state = Arc::new(IngestState {
+            router: TypeRouter::new(&config),
+            queues: vec![Queue {
+                name: "default".into(),
+                priority: 0,
+                log,
+            }],
+            body_bytes_max: 1024,
+            accepting: Arc::new(AtomicBool::new(accepting)),
+        });
+        let request = Request::post("/v1/events")
+            .header("content-type", content_type)
+            .body(Body::from(body))
+            .unwrap();
+        let response = router(state).oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, headers, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    const ONE: &str = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#;
+
+    #[tokio::test]
+    async fn a_shutting_down_engine_answers_503_with_retry_after() {
+        let (status, headers, body) =
+            check(false, "application/cloudevents+json", ONE.to_owned()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers["retry-after"], "1");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert_eq!(body["status"], 503);
+    }
+
+    #[tokio::test]
+    async fn an_accepting_engine_answers_202_with_the_count() {
+        let (status, _, body) = check(true, "application/cloudevents+json", ONE.to_owned()).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(body["accepted"], 1);
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_over_the_limit_answers_413() {
+        // No content-length: the limit must hold while reading.
+        let (status, _, body) = check(true, "application/x-ndjson", "x".repeat(2048)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["status"], 413);
+    }
+}

@@ -605,3 +605,28 @@ async fn send_posts_events_and_reports_what_was_accepted() {
         .unwrap();
     assert_eq!(output.status.code(), Some(69));
 }
+
+#[test]
+fn every_example_config_is_valid() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let output = Command::new(BIN)
+            .arg("validate")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2, "examples checked: {checked}");
+}
