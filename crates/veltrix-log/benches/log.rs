@@ -4,7 +4,8 @@
 //! - `append_batched`: 1,000,000 records of ~200 B, 1,000 per append (one group commit each),
 //!   `fsync` durability — vs `raw_write_fdatasync`: the same framed bytes written with one
 //!   `write` + `fdatasync` per 1,000 records (the disk ceiling).
-//! - `append_concurrent_64`: 64 tasks each appending single records in `fsync` mode.
+//! - `append_concurrent_64`: 64 tasks each appending single records in `fsync` mode — vs
+//!   `raw_fdatasync_per_record`: one write + fdatasync per record (no group commit).
 //! - `read_sequential`: 1,000,000 records read back through a cursor.
 //! - `reopen_1gib`: open (with tail recovery) of a 1 GiB log.
 //!
@@ -127,6 +128,33 @@ fn appends(c: &mut Criterion) {
                 append_all(&rt, &log, &batches);
                 total += start.elapsed();
                 log.close().expect("close");
+            }
+            total
+        });
+    });
+
+    // Baseline for group commit: what 64 appenders would get if every record paid its own
+    // fdatasync (a plain write + fdatasync per 200-byte record).
+    const SINGLE: u64 = 5_000;
+    group.throughput(Throughput::Elements(SINGLE));
+    group.bench_function("raw_fdatasync_per_record", |b| {
+        let mut record = vec![0u8; 16];
+        record.extend_from_slice(&event(7));
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let dir = bench_dir();
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.path().join("raw"))
+                    .expect("open");
+                let start = Instant::now();
+                for _ in 0..SINGLE {
+                    f.write_all(&record).expect("write");
+                    f.sync_data().expect("fdatasync");
+                }
+                total += start.elapsed();
             }
             total
         });
