@@ -49,23 +49,71 @@ pub enum RunError {
     Aborted(Option<String>),
 }
 
-/// A compiled filter condition: events for which it returns `false` are dropped.
+/// A compiled VRL program of kind `K` ([`FilterKind`] or [`RemapKind`]): its source as written,
+/// the program, and its compile warnings.
 #[derive(Clone)]
-pub struct Filter {
+pub struct Expr<K> {
     source: String,
     program: Program,
     warnings: Vec<ExprDiagnostic>,
+    kind: std::marker::PhantomData<K>,
 }
+
+/// Marks a filter condition.
+#[derive(Debug, Clone, Copy)]
+pub struct FilterKind;
+
+/// Marks a remap program.
+#[derive(Debug, Clone, Copy)]
+pub struct RemapKind;
+
+/// A compiled filter condition: events for which it returns `false` are dropped.
+pub type Filter = Expr<FilterKind>;
 
 /// A compiled remap program: it modifies the event in place.
-#[derive(Clone)]
-pub struct Remap {
-    source: String,
-    program: Program,
-    warnings: Vec<ExprDiagnostic>,
+pub type Remap = Expr<RemapKind>;
+
+impl<K> Expr<K> {
+    fn new(source: &str, program: Program, warnings: Vec<ExprDiagnostic>) -> Self {
+        Expr {
+            source: source.to_owned(),
+            program,
+            warnings,
+            kind: std::marker::PhantomData,
+        }
+    }
+
+    /// The program as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Compile warnings (legal but suspicious code).
+    pub fn warnings(&self) -> &[ExprDiagnostic] {
+        &self.warnings
+    }
 }
 
-impl Filter {
+impl<K> fmt::Debug for Expr<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = std::any::type_name::<K>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("Expr");
+        f.debug_tuple(kind.trim_end_matches("Kind"))
+            .field(&self.source)
+            .finish()
+    }
+}
+
+/// Programs are equal when their sources are (compilation is deterministic).
+impl<K> PartialEq for Expr<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Expr<FilterKind> {
     /// Compiles a condition. It must return a boolean and must not modify the event.
     pub fn compile(source: &str) -> Result<Filter, Vec<ExprDiagnostic>> {
         let (program, warnings) = compile(source, true)?;
@@ -80,21 +128,7 @@ impl Filter {
                 ),
             }]);
         }
-        Ok(Filter {
-            source: source.to_owned(),
-            program,
-            warnings,
-        })
-    }
-
-    /// The condition as written.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    /// Compile warnings (legal but suspicious code).
-    pub fn warnings(&self) -> &[ExprDiagnostic] {
-        &self.warnings
+        Ok(Filter::new(source, program, warnings))
     }
 
     /// Whether `event` passes the condition.
@@ -110,56 +144,17 @@ impl Filter {
     }
 }
 
-impl Remap {
+impl Expr<RemapKind> {
     /// Compiles a remap program.
     pub fn compile(source: &str) -> Result<Remap, Vec<ExprDiagnostic>> {
         let (program, warnings) = compile(source, false)?;
-        Ok(Remap {
-            source: source.to_owned(),
-            program,
-            warnings,
-        })
-    }
-
-    /// The program as written.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    /// Compile warnings (legal but suspicious code).
-    pub fn warnings(&self) -> &[ExprDiagnostic] {
-        &self.warnings
+        Ok(Remap::new(source, program, warnings))
     }
 
     /// Runs the program on `event`, modifying it in place. On error `event` may be partly
     /// modified.
     pub fn run(&self, runtime: &mut Runtime, event: &mut Value) -> Result<(), RunError> {
         runtime.resolve(&self.program, event).map(drop)
-    }
-}
-
-impl fmt::Debug for Filter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Filter").field(&self.source).finish()
-    }
-}
-
-impl fmt::Debug for Remap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Remap").field(&self.source).finish()
-    }
-}
-
-/// Programs are equal when their sources are (compilation is deterministic).
-impl PartialEq for Filter {
-    fn eq(&self, other: &Self) -> bool {
-        self.source == other.source
-    }
-}
-
-impl PartialEq for Remap {
-    fn eq(&self, other: &Self) -> bool {
-        self.source == other.source
     }
 }
 

@@ -177,6 +177,17 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<usi
         )
         .with_errors(unroutable));
     }
+    // Check every queue's room first, so a request spread over several queues is refused whole
+    // when one is full (a concurrent request can still take the room in between: then the
+    // earlier queues keep their share and the client's retry deduplicates by id).
+    for (queue, batch) in st.queues.iter().zip(&per_queue) {
+        if !batch.is_empty() {
+            queue
+                .log
+                .check_batch(batch)
+                .map_err(|e| append_problem(&queue.name, e))?;
+        }
+    }
     let mut tickets = Vec::new();
     for (queue, batch) in st.queues.iter().zip(&per_queue) {
         if batch.is_empty() {

@@ -48,6 +48,26 @@ fn batches() -> Vec<Vec<Vec<u8>>> {
         .collect()
 }
 
+/// The disk ceiling: each buffer appended with one `write` and one `fdatasync` to a fresh file.
+fn raw_writes(iters: u64, buffers: &[Vec<u8>]) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let dir = bench_dir();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("raw"))
+            .expect("open");
+        let start = Instant::now();
+        for buf in buffers {
+            f.write_all(buf).expect("write");
+            f.sync_data().expect("fdatasync");
+        }
+        total += start.elapsed();
+    }
+    total
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -98,24 +118,7 @@ fn appends(c: &mut Criterion) {
                 buf
             })
             .collect();
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let dir = bench_dir();
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(dir.path().join("raw"))
-                    .expect("open");
-                let start = Instant::now();
-                for buf in &framed {
-                    f.write_all(buf).expect("write");
-                    f.sync_data().expect("fdatasync");
-                }
-                total += start.elapsed();
-            }
-            total
-        });
+        b.iter_custom(|iters| raw_writes(iters, &framed));
     });
 
     group.bench_function("append_batched", |b| {
@@ -140,24 +143,8 @@ fn appends(c: &mut Criterion) {
     group.bench_function("raw_fdatasync_per_record", |b| {
         let mut record = vec![0u8; 16];
         record.extend_from_slice(&event(7));
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let dir = bench_dir();
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(dir.path().join("raw"))
-                    .expect("open");
-                let start = Instant::now();
-                for _ in 0..SINGLE {
-                    f.write_all(&record).expect("write");
-                    f.sync_data().expect("fdatasync");
-                }
-                total += start.elapsed();
-            }
-            total
-        });
+        let records = vec![record; SINGLE as usize];
+        b.iter_custom(|iters| raw_writes(iters, &records));
     });
 
     const TASKS: u64 = 64;

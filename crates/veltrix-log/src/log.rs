@@ -356,18 +356,7 @@ impl Log {
     /// resolves with the records' offsets once they are durable.
     pub fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<AppendTicket, Error> {
         let shared = &self.inner.shared;
-        let opts = &shared.opts;
-        let mut framed_bytes = 0u64;
-        for p in payloads {
-            let size = p.as_ref().len();
-            if size > opts.record_bytes_max as usize {
-                return Err(Error::RecordTooLarge {
-                    size,
-                    max: opts.record_bytes_max,
-                });
-            }
-            framed_bytes += (HEADER_BYTES + size) as u64;
-        }
+        let framed_bytes = self.framed_bytes(payloads)?;
         let (tx, rx) = oneshot::channel();
         let count = payloads.len() as u64;
         if count == 0 {
@@ -376,6 +365,43 @@ impl Log {
             return Ok(AppendTicket { rx });
         }
         let mut st = shared.lock();
+        self.check_room(&st, count, framed_bytes)?;
+        st.pending.reserve(framed_bytes as usize);
+        for p in payloads {
+            frame::encode_unsealed(&mut st.pending, p.as_ref());
+        }
+        st.pending_records += count;
+        st.pending_waiters.push((count, tx));
+        drop(st);
+        shared.wake_committer();
+        Ok(AppendTicket { rx })
+    }
+
+    /// Whether `payloads` would be accepted by [`Log::append_batch`] right now (bounds and record
+    /// size), without appending. Lets a caller that appends to several logs refuse a request
+    /// before any log took part of it; a concurrent append may still take the room in between.
+    pub fn check_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(), Error> {
+        let framed_bytes = self.framed_bytes(payloads)?;
+        let st = self.inner.shared.lock();
+        self.check_room(&st, payloads.len() as u64, framed_bytes)
+    }
+
+    fn framed_bytes<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<u64, Error> {
+        let max = self.inner.shared.opts.record_bytes_max;
+        let mut framed_bytes = 0u64;
+        for p in payloads {
+            let size = p.as_ref().len();
+            if size > max as usize {
+                return Err(Error::RecordTooLarge { size, max });
+            }
+            framed_bytes += (HEADER_BYTES + size) as u64;
+        }
+        Ok(framed_bytes)
+    }
+
+    fn check_room(&self, st: &State, count: u64, framed_bytes: u64) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        let opts = &shared.opts;
         st.check_usable()?;
         let full = if st.pending.len() as u64 + framed_bytes > opts.write_buffer_bytes_max {
             Some(FullReason::WriteBuffer)
@@ -389,20 +415,13 @@ impl Log {
                 None
             }
         };
-        if let Some(reason) = full {
-            drop(st);
-            shared.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
-            return Err(Error::Full(reason));
+        match full {
+            Some(reason) => {
+                shared.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
+                Err(Error::Full(reason))
+            }
+            None => Ok(()),
         }
-        st.pending.reserve(framed_bytes as usize);
-        for p in payloads {
-            frame::encode_unsealed(&mut st.pending, p.as_ref());
-        }
-        st.pending_records += count;
-        st.pending_waiters.push((count, tx));
-        drop(st);
-        shared.wake_committer();
-        Ok(AppendTicket { rx })
     }
 
     /// Opens the named cursor (creating it at the oldest retained record if it is new). Only one

@@ -81,6 +81,17 @@ struct Model {
 }
 
 impl Model {
+    /// New, unique payloads of these sizes.
+    fn fresh_payloads(&mut self, sizes: &[usize]) -> Vec<Vec<u8>> {
+        sizes
+            .iter()
+            .map(|&s| {
+                self.serial += 1;
+                payload(self.serial, s)
+            })
+            .collect()
+    }
+
     fn committed(&self) -> u64 {
         self.unacked.iter().copied().min().unwrap_or(self.read)
     }
@@ -136,13 +147,7 @@ fn run(durability: Durability, ops: Vec<Op>) -> Result<(), TestCaseError> {
         for op in ops {
             match op {
                 Op::Append(sizes) => {
-                    let payloads: Vec<Vec<u8>> = sizes
-                        .iter()
-                        .map(|&s| {
-                            m.serial += 1;
-                            payload(m.serial, s)
-                        })
-                        .collect();
+                    let payloads = m.fresh_payloads(&sizes);
                     let first = m.all.len() as u64;
                     m.all.extend(payloads.iter().cloned());
                     let range = h.log().append_batch(&payloads).unwrap().await.unwrap();
@@ -154,13 +159,7 @@ fn run(durability: Durability, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                 }
                 Op::AppendNoWait(sizes) => {
-                    let payloads: Vec<Vec<u8>> = sizes
-                        .iter()
-                        .map(|&s| {
-                            m.serial += 1;
-                            payload(m.serial, s)
-                        })
-                        .collect();
+                    let payloads = m.fresh_payloads(&sizes);
                     m.all.extend(payloads.iter().cloned());
                     drop(h.log().append_batch(&payloads).unwrap());
                 }
