@@ -16,11 +16,44 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use veltrix_core::config::{Config, Durability, Router as TypeRouter, SourceConfig};
 
-use crate::pipeline::{Input, Pipeline, PipelineStats};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use veltrix_log::{Log, LogOptions};
+
+use crate::deadletter::{DeadLetters, QueueLookup};
+use crate::pipeline::{Input, Pipeline, Setup};
 use crate::processors::Chain;
 use crate::queues::{self, Queue};
 use crate::sink::Sink;
 use crate::{api, ingest};
+
+/// Bounds of a pipeline's dead-letter queue.
+const DLQ_MAX_BYTES: u64 = 256 * 1024 * 1024;
+const DLQ_MAX_EVENTS: u64 = 1_000_000;
+const DLQ_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Latency buckets (seconds): 100 µs to 30 s, roughly ×2.5 apart.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// The process-wide metrics recorder (installed once; several engines in one process share it).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .expect("non-empty buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed (an embedding program's): then ours
+            // renders nothing, which is the embedder's choice.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
 
 /// Why the engine could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +110,7 @@ pub struct Engine {
     servers: Vec<JoinHandle<io::Result<()>>>,
     pipelines: Vec<Pipeline>,
     queues: Vec<Queue>,
+    dead_letters: Vec<Arc<DeadLetters>>,
 }
 
 async fn bind(what: String, address: SocketAddr) -> Result<TcpListener, EngineError> {
@@ -143,6 +177,7 @@ impl Engine {
         let (stop_workers, stop_workers_rx) = watch::channel(false);
         let mut pipelines = Vec::new();
         let mut pipeline_topology = Vec::new();
+        let mut dead_letters = HashMap::new();
         for (name, p) in &config.pipelines {
             let mut inputs = Vec::new();
             for queue_name in &p.from {
@@ -161,16 +196,36 @@ impl Engine {
                     cursor,
                 });
             }
+            let dlq_dir = queues::queue_dir(&config.data_dir, &p.dead_letter);
+            let dlq_options = LogOptions {
+                max_bytes: DLQ_MAX_BYTES,
+                max_records: DLQ_MAX_EVENTS,
+                segment_bytes: DLQ_SEGMENT_BYTES,
+                ..LogOptions::default()
+            };
+            let (dlq_log, _) =
+                Log::open(&dlq_dir, dlq_options).map_err(|source| EngineError::Queue {
+                    queue: p.dead_letter.clone(),
+                    dir: dlq_dir.clone(),
+                    source,
+                })?;
+            let dlq = Arc::new(DeadLetters::new(&p.dead_letter, name, &p.sink, dlq_log));
+            dead_letters.insert(name.clone(), dlq.clone());
             let sink = sinks[&p.sink].clone();
             pipeline_topology.push((name.clone(), p.from.join(", "), sink.describe()));
             pipelines.push(Pipeline::start(
-                name,
-                inputs,
-                Chain::new(p.processors.clone()),
-                sink,
-                p.workers,
-                p.batch_events_max,
-                Arc::new(PipelineStats::default()),
+                Setup {
+                    name: name.clone(),
+                    inputs,
+                    chain: Chain::new(p.processors.clone()),
+                    sink_name: p.sink.clone(),
+                    sink,
+                    dead_letters: dlq,
+                    workers: p.workers,
+                    batch_events_max: p.batch_events_max,
+                    starvation_max: p.starvation_max,
+                    retry: p.retry,
+                },
                 &stop_workers_rx,
             ));
         }
@@ -183,6 +238,7 @@ impl Engine {
             match source {
                 SourceConfig::Http(http) => {
                     let state = Arc::new(ingest::IngestState {
+                        source: name.clone(),
                         router: TypeRouter::new(&config),
                         queues: queues.clone(),
                         body_bytes_max: http.body_bytes_max.bytes(),
@@ -205,11 +261,21 @@ impl Engine {
             address: config.api.address,
             source,
         })?;
-        servers.push(serve(
-            listener,
-            api::router(accepting.clone()),
-            stop_http_rx,
-        ));
+        let lookup_queues = queues.clone();
+        let queue_lookup: QueueLookup = Arc::new(move |name: &str| {
+            lookup_queues
+                .iter()
+                .find(|q| q.name == name)
+                .map(|q| q.log.clone())
+        });
+        let api_state = Arc::new(api::ApiState {
+            accepting: accepting.clone(),
+            metrics: metrics_handle(),
+            dead_letters: dead_letters.clone(),
+            queues: queue_lookup,
+            token: config.api.token.clone(),
+        });
+        servers.push(serve(listener, api::router(api_state), stop_http_rx));
         accepting.store(true, Ordering::Release);
 
         let topology = Topology {
@@ -244,6 +310,7 @@ impl Engine {
             servers,
             pipelines,
             queues,
+            dead_letters: dead_letters.into_values().collect(),
         })
     }
 
@@ -277,6 +344,14 @@ impl Engine {
             pipeline.join(deadline).await;
         }
         let mut result = Ok(());
+        for dlq in self.dead_letters {
+            if let Err(source) = dlq.log.clone().close() {
+                result = Err(EngineError::Close {
+                    queue: dlq.name.clone(),
+                    source,
+                });
+            }
+        }
         for queue in self.queues {
             if let Err(source) = queue.log.close() {
                 tracing::error!(queue = %queue.name, error = %source, "closing a queue failed");

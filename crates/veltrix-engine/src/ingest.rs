@@ -21,9 +21,13 @@ use veltrix_core::event::{self, DecodeError, Headers};
 
 use crate::problem::{EventProblem, Problem};
 use crate::queues::Queue;
+use crate::record;
+use veltrix_core::config::WhenFull;
 
 /// Shared by every ingest request.
 pub(crate) struct IngestState {
+    /// The source's name (metrics label).
+    pub(crate) source: String,
     pub(crate) router: TypeRouter,
     /// Indexed like the router's queue indices (config file order).
     pub(crate) queues: Vec<Queue>,
@@ -66,16 +70,29 @@ async fn post_events(
     body: Body,
 ) -> Response {
     match ingest(&st, &headers, body).await {
-        Ok(accepted) => (
-            StatusCode::ACCEPTED,
-            axum::Json(json!({ "accepted": accepted })),
-        )
-            .into_response(),
-        Err(problem) => problem.into_response(),
+        Ok(Accepted { accepted, dropped }) => {
+            metrics::counter!("veltrix_events_received_total", "source" => st.source.clone())
+                .increment(accepted as u64);
+            let body = if dropped == 0 {
+                json!({ "accepted": accepted })
+            } else {
+                json!({ "accepted": accepted, "dropped": dropped })
+            };
+            (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+        }
+        Err(problem) => {
+            metrics::counter!(
+                "veltrix_events_rejected_total",
+                "source" => st.source.clone(),
+                "reason" => problem.slug()
+            )
+            .increment(1);
+            problem.into_response()
+        }
     }
 }
 
-async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<usize, Problem> {
+async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Accepted, Problem> {
     if !st.accepting.load(Ordering::Acquire) {
         return Err(unavailable("the engine is shutting down"));
     }
@@ -148,14 +165,19 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<usi
             ),
         })?;
     if events.is_empty() {
-        return Ok(0);
+        return Ok(Accepted {
+            accepted: 0,
+            dropped: 0,
+        });
     }
+    let accepted_at = record::now_micros();
     let mut per_queue: Vec<Vec<Vec<u8>>> = vec![Vec::new(); st.queues.len()];
     let mut unroutable = Vec::new();
     for (index, event) in events.iter().enumerate() {
         match st.router.route(event.ty()) {
             Some(queue) => {
                 let mut stored = Vec::with_capacity(256);
+                record::begin(&mut stored, accepted_at);
                 event.to_json_bytes(&mut stored);
                 per_queue[queue.0].push(stored);
             }
@@ -179,13 +201,22 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<usi
     }
     // Check every queue's room first, so a request spread over several queues is refused whole
     // when one is full (a concurrent request can still take the room in between: then the
-    // earlier queues keep their share and the client's retry deduplicates by id).
-    for (queue, batch) in st.queues.iter().zip(&per_queue) {
-        if !batch.is_empty() {
-            queue
-                .log
-                .check_batch(batch)
-                .map_err(|e| append_problem(&queue.name, e))?;
+    // earlier queues keep their share and the client's retry deduplicates by id). Queues that
+    // prefer loss to pushback make room or drop here instead.
+    let mut dropped = 0;
+    for (queue, batch) in st.queues.iter().zip(per_queue.iter_mut()) {
+        if batch.is_empty() {
+            continue;
+        }
+        if let Err(e) = make_room(queue, batch) {
+            if !matches!(e, veltrix_log::Error::Full(_))
+                || queue.when_full == WhenFull::Backpressure
+            {
+                return Err(append_problem(&queue.name, e));
+            }
+            dropped += batch.len();
+            count_drop(&queue.name, "queue_full", batch.len() as u64, &e);
+            batch.clear();
         }
     }
     let mut tickets = Vec::new();
@@ -202,7 +233,49 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<usi
     for (queue, ticket) in tickets {
         ticket.await.map_err(|e| append_problem(&queue.name, e))?;
     }
-    Ok(events.len())
+    Ok(Accepted {
+        accepted: events.len() - dropped,
+        dropped,
+    })
+}
+
+/// Events of one request: how many were stored, and how many a `drop_*` queue discarded.
+pub(crate) struct Accepted {
+    accepted: usize,
+    dropped: usize,
+}
+
+/// Checks `batch` fits in `queue`; a `drop_oldest` queue drops whole old segments until it does.
+fn make_room(queue: &Queue, batch: &[Vec<u8>]) -> Result<(), veltrix_log::Error> {
+    loop {
+        match queue.log.check_batch(batch) {
+            Err(veltrix_log::Error::Full(reason)) if queue.when_full == WhenFull::DropOldest => {
+                let dropped = queue.log.drop_oldest()?;
+                if dropped == 0 {
+                    return Err(veltrix_log::Error::Full(reason));
+                }
+                count_drop(
+                    &queue.name,
+                    "drop_oldest",
+                    dropped,
+                    &veltrix_log::Error::Full(reason),
+                );
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Counts intentional drops (the queue's `when_full` says so) and logs them, rate-limited.
+fn count_drop(queue: &str, reason: &'static str, events: u64, why: &veltrix_log::Error) {
+    metrics::counter!("veltrix_events_dropped_total", "queue" => queue.to_owned(), "reason" => reason, "intentional" => "true")
+        .increment(events);
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+        *last = Some(std::time::Instant::now());
+        tracing::warn!(queue, reason, events, cause = %why, "dropping events as configured by when_full (more in the next second are counted, not logged)");
+    }
 }
 
 fn append_problem(queue: &str, e: veltrix_log::Error) -> Problem {
@@ -257,10 +330,12 @@ mod tests {
         )
         .unwrap();
         let state = Arc::new(IngestState {
+            source: "http".into(),
             router: TypeRouter::new(&config),
             queues: vec![Queue {
                 name: "default".into(),
                 priority: 0,
+                when_full: WhenFull::Backpressure,
                 log,
             }],
             body_bytes_max: 1024,

@@ -11,12 +11,14 @@
 //! nothing about events.
 
 mod api;
+mod deadletter;
 mod engine;
 mod ingest;
 mod pipeline;
 mod problem;
 mod processors;
 mod queues;
+mod record;
 mod sink;
 
 pub use engine::{Engine, EngineError, Topology};

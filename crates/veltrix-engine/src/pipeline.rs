@@ -1,32 +1,45 @@
 //! A running pipeline: `workers` tasks sharing one reader over the pipeline's cursors (one per
 //! queue it reads, each named after the pipeline, so pipelines on the same queue never share a
-//! position). A worker takes a batch from the most urgent queue that has events, runs the chain,
-//! hands the result to the sink, and acknowledges the batch to its queue only once the sink
-//! confirmed it. Sink failures are retried with capped exponential backoff; the batch stays
-//! unacknowledged meanwhile, so a crash redelivers it.
+//! position, a retry or a backlog). A worker takes a batch, runs the chain, hands the result to
+//! the sink, and acknowledges the batch to its queue only once the sink confirmed it or the
+//! failed events are durably in the dead-letter queue.
 //!
-//! Shutdown: the stop signal ends waiting for input at once; a worker in the middle of a batch
-//! finishes (or, if its sink keeps failing, gives up without acknowledging) and exits.
+//! Scheduling: the reader holds at most one read-ahead batch per queue and serves the most urgent
+//! queue that has events — unless a batch of a less urgent queue has waited `starvation_max`
+//! since its oldest event was accepted: then the longest-waiting such batch goes first.
+//!
+//! Retries: retryable sink errors are retried up to `attempts_max` attempts in all, waiting a
+//! random time in `[0, min(backoff_max, backoff_initial × 2^n)]` (full jitter; at least the
+//! sink's `Retry-After`, capped at `backoff_max`). Permanent errors and exhausted retries
+//! dead-letter the batch's events; so does a processor failing on an event. Head-of-line delay
+//! for one batch is therefore at most `attempts_max × (backoff_max + sink timeout)`; other
+//! workers keep delivering meanwhile. Ordering: none across batches when `workers > 1`.
+//!
+//! Shutdown: the stop signal ends waiting for input and retry waits at once; an unfinished batch
+//! is left unacknowledged and is delivered again at the next start.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::select_all;
+use rand::Rng;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
+use veltrix_core::config::RetryConfig;
 use veltrix_core::expr::Runtime;
 use veltrix_log::{Acker, Cursor, Record};
 
+use crate::deadletter::{DeadLetters, Failure};
 use crate::processors::{Chain, Outcome};
-use crate::sink::Sink;
+use crate::record;
+use crate::sink::{Retry, Sink};
 
 /// Payload bytes one worker takes at once, besides `batch_events_max`.
 const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
-const RETRY_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// At most one warning line per this period per pipeline for per-event problems.
 const WARN_EVERY: Duration = Duration::from_secs(1);
+/// Wait between attempts to put events into a full dead-letter queue.
+const DLQ_FULL_WAIT: Duration = Duration::from_millis(500);
 
 /// One queue read by a pipeline.
 pub(crate) struct Input {
@@ -35,14 +48,31 @@ pub(crate) struct Input {
     pub(crate) cursor: Cursor,
 }
 
-/// The cursors of a pipeline, most urgent first.
+/// The cursors of a pipeline, most urgent first, with one read-ahead batch each.
 struct Reader {
     inputs: Vec<Input>,
+    ahead: Vec<Option<Vec<Record>>>,
+    starvation_max: Duration,
 }
 
 impl Reader {
-    /// The next batch from the most urgent queue with events, or `None` on stop (or when a queue
-    /// failed: the error is logged).
+    /// Which read-ahead batch to serve: a starving one (oldest first), else the most urgent.
+    fn pick(&self) -> Option<usize> {
+        let oldest = |i: usize| {
+            self.ahead[i]
+                .as_ref()
+                .map(|b| record::split(&b[0].payload).0)
+        };
+        let starving = (0..self.ahead.len())
+            .filter_map(|i| oldest(i).map(|t| (t, i)))
+            .filter(|(t, _)| record::age_seconds(*t) >= self.starvation_max.as_secs_f64())
+            .min();
+        starving
+            .map(|(_, i)| i)
+            .or_else(|| (0..self.ahead.len()).find(|&i| self.ahead[i].is_some()))
+    }
+
+    /// The next batch, or `None` on stop (or when a queue failed: the error is logged).
     async fn next(
         &mut self,
         max: usize,
@@ -54,14 +84,20 @@ impl Reader {
                 return None;
             }
             for (i, input) in self.inputs.iter_mut().enumerate() {
+                if self.ahead[i].is_some() {
+                    continue;
+                }
                 match input.cursor.try_read_batch(max, BATCH_BYTES_MAX) {
-                    Ok(records) if !records.is_empty() => return Some((i, records)),
+                    Ok(records) if !records.is_empty() => self.ahead[i] = Some(records),
                     Ok(_) => {}
                     Err(e) => {
                         tracing::error!(pipeline, queue = %input.queue, error = %e, "reading the queue failed; pipeline stops");
                         return None;
                     }
                 }
+            }
+            if let Some(i) = self.pick() {
+                return self.ahead[i].take().map(|batch| (i, batch));
             }
             let waits = self.inputs.iter_mut().map(|i| Box::pin(i.cursor.wait()));
             tokio::select! {
@@ -72,24 +108,18 @@ impl Reader {
     }
 }
 
-/// Counters of one pipeline.
-#[derive(Debug, Default)]
-pub(crate) struct PipelineStats {
-    pub(crate) delivered: AtomicU64,
-    pub(crate) filtered: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) sink_errors: AtomicU64,
-}
-
 /// Everything a worker shares with its siblings.
 struct Shared {
     name: String,
+    sink_name: String,
     reader: Mutex<Reader>,
-    ackers: Vec<Acker>,
+    /// Per input: its queue name and acknowledger.
+    ackers: Vec<(String, Acker)>,
     chain: Chain,
     sink: Arc<Sink>,
+    dead_letters: Arc<DeadLetters>,
     batch_events_max: usize,
-    stats: Arc<PipelineStats>,
+    retry: RetryConfig,
     last_warning: std::sync::Mutex<Option<Instant>>,
 }
 
@@ -99,49 +129,77 @@ impl Shared {
         let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
             *last = Some(Instant::now());
-            tracing::warn!(pipeline = %self.name, detail, "{what} (further ones this second are counted, not logged)");
+            tracing::warn!(pipeline = %self.name, detail, "{what} (more in the next second are counted, not logged)");
+        }
+    }
+
+    fn count(&self, outcome: &'static str, n: u64) {
+        if n > 0 {
+            metrics::counter!("veltrix_pipeline_events_total", "pipeline" => self.name.clone(), "outcome" => outcome).increment(n);
         }
     }
 }
 
-/// A started pipeline; dropping it does not stop it, [`Pipeline::join`] does after the stop
-/// signal.
+/// How a pipeline is set up (from its config, with its queues, sink and DLQ opened).
+pub(crate) struct Setup {
+    pub(crate) name: String,
+    pub(crate) inputs: Vec<Input>,
+    pub(crate) chain: Chain,
+    pub(crate) sink_name: String,
+    pub(crate) sink: Arc<Sink>,
+    pub(crate) dead_letters: Arc<DeadLetters>,
+    pub(crate) workers: usize,
+    pub(crate) batch_events_max: usize,
+    pub(crate) starvation_max: Duration,
+    pub(crate) retry: RetryConfig,
+}
+
+/// A started pipeline; [`Pipeline::join`] waits for it after the stop signal.
 pub(crate) struct Pipeline {
     pub(crate) name: String,
     workers: Vec<JoinHandle<()>>,
 }
 
 impl Pipeline {
-    #[allow(clippy::too_many_arguments)] // one call site, each argument a distinct part
-    pub(crate) fn start(
-        name: &str,
-        mut inputs: Vec<Input>,
-        chain: Chain,
-        sink: Arc<Sink>,
-        workers: usize,
-        batch_events_max: usize,
-        stats: Arc<PipelineStats>,
-        stop: &watch::Receiver<bool>,
-    ) -> Pipeline {
+    pub(crate) fn start(setup: Setup, stop: &watch::Receiver<bool>) -> Pipeline {
+        let Setup {
+            name,
+            mut inputs,
+            chain,
+            sink_name,
+            sink,
+            dead_letters,
+            workers,
+            batch_events_max,
+            starvation_max,
+            retry,
+        } = setup;
         inputs.sort_by_key(|i| i.priority);
-        let ackers = inputs.iter().map(|i| i.cursor.acker()).collect();
+        let ackers = inputs
+            .iter()
+            .map(|i| (i.queue.clone(), i.cursor.acker()))
+            .collect();
+        let ahead = inputs.iter().map(|_| None).collect();
         let shared = Arc::new(Shared {
-            name: name.to_owned(),
-            reader: Mutex::new(Reader { inputs }),
+            name: name.clone(),
+            sink_name,
+            reader: Mutex::new(Reader {
+                inputs,
+                ahead,
+                starvation_max,
+            }),
             ackers,
             chain,
             sink,
+            dead_letters,
             batch_events_max,
-            stats,
+            retry,
             last_warning: std::sync::Mutex::new(None),
         });
         let workers = (0..workers.max(1))
             .map(|_| tokio::spawn(work(shared.clone(), stop.clone())))
             .collect();
-        Pipeline {
-            name: name.to_owned(),
-            workers,
-        }
+        Pipeline { name, workers }
     }
 
     /// Waits for the workers to finish after the stop signal, at most until `deadline`; workers
@@ -159,6 +217,21 @@ impl Pipeline {
     }
 }
 
+/// The result of delivering one batch.
+enum Delivery {
+    Delivered,
+    /// Failed for good after `attempts`.
+    Failed {
+        reason: &'static str,
+        attempts: u32,
+        last_error: String,
+        first: u64,
+        last: u64,
+    },
+    /// The stop signal came first.
+    Stopped,
+}
+
 async fn work(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut runtime = Runtime::new();
     let mut offsets = Vec::with_capacity(shared.batch_events_max);
@@ -172,58 +245,198 @@ async fn work(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let Some((input, records)) = next else {
             return;
         };
-        let mut out = Vec::with_capacity(records.iter().map(|r| r.payload.len() + 1).sum());
-        let (mut emitted, mut filtered, mut failed) = (0u64, 0u64, 0u64);
-        for record in &records {
-            match shared.chain.apply(&record.payload, &mut runtime, &mut out) {
-                Outcome::Emitted => emitted += 1,
+        let queue = &shared.ackers[input].0;
+        let mut out = Vec::with_capacity(records.iter().map(|r| r.payload.len()).sum());
+        let mut emitted: Vec<&Record> = Vec::with_capacity(records.len());
+        let mut dead: Vec<Vec<u8>> = Vec::new();
+        let mut filtered = 0u64;
+        for r in &records {
+            let (_, body) = record::split(&r.payload);
+            match shared.chain.apply(body, &mut runtime, &mut out) {
+                Outcome::Emitted => emitted.push(r),
                 Outcome::Filtered => filtered += 1,
                 Outcome::Failed(why) => {
-                    failed += 1;
-                    shared.warn_rate_limited("an event failed processing and was dropped", &why);
+                    shared.warn_rate_limited("an event failed processing; dead-lettered", &why);
+                    let now = record::now_micros();
+                    let failure = Failure {
+                        reason: "processing failed",
+                        attempts: 1,
+                        last_error: &why,
+                        first_attempt_micros: now,
+                        last_attempt_micros: now,
+                    };
+                    dead.push(shared.dead_letters.entry(queue, &r.payload, &failure));
                 }
             }
         }
-        if emitted > 0 && !deliver(&shared, out.into(), emitted, &mut stop).await {
-            return; // stopped while the sink was failing: leave the batch unacknowledged
+        if !emitted.is_empty() {
+            match deliver(&shared, out.into(), emitted.len() as u64, &mut stop).await {
+                Delivery::Delivered => {
+                    shared.count("delivered", emitted.len() as u64);
+                    let now = record::now_micros();
+                    for r in &emitted {
+                        let accepted = record::split(&r.payload).0;
+                        metrics::histogram!("veltrix_e2e_latency_seconds", "pipeline" => shared.name.clone())
+                            .record(now.saturating_sub(accepted) as f64 / 1e6);
+                    }
+                }
+                Delivery::Failed {
+                    reason,
+                    attempts,
+                    last_error,
+                    first,
+                    last,
+                } => {
+                    shared.warn_rate_limited("a batch failed for good; dead-lettered", &last_error);
+                    let failure = Failure {
+                        reason,
+                        attempts,
+                        last_error: &last_error,
+                        first_attempt_micros: first,
+                        last_attempt_micros: last,
+                    };
+                    dead.extend(
+                        emitted
+                            .iter()
+                            .map(|r| shared.dead_letters.entry(queue, &r.payload, &failure)),
+                    );
+                }
+                Delivery::Stopped => return,
+            }
         }
-        let stats = &shared.stats;
-        stats.delivered.fetch_add(emitted, Ordering::Relaxed);
-        stats.filtered.fetch_add(filtered, Ordering::Relaxed);
-        stats.failed.fetch_add(failed, Ordering::Relaxed);
+        shared.count("filtered", filtered);
+        if !dead.is_empty() {
+            if !dead_letter(&shared, &dead, &mut stop).await {
+                return;
+            }
+            shared.count("dead_lettered", dead.len() as u64);
+        }
         offsets.clear();
         offsets.extend(records.iter().map(|r| r.offset));
-        if let Err(e) = shared.ackers[input].ack_many(&offsets) {
-            tracing::error!(pipeline = %shared.name, error = %e, "acknowledging a delivered batch failed");
-            return;
+        match shared.ackers[input].1.ack_many(&offsets) {
+            Ok(()) => {}
+            // A `drop_oldest` queue discarded the segment under us: nothing left to acknowledge.
+            Err(veltrix_log::Error::NotInFlight(_)) => {}
+            Err(e) => {
+                tracing::error!(pipeline = %shared.name, error = %e, "acknowledging a delivered batch failed");
+                return;
+            }
         }
     }
 }
 
-/// Writes one batch to the sink, retrying failures with capped exponential backoff. Returns
-/// `false` if the stop signal came before the sink confirmed.
+/// Upper bound of the wait before retry `n` (1-based): `backoff_initial × 2^(n-1)`, capped.
+fn backoff_cap(retry: &RetryConfig, n: u32) -> Duration {
+    let factor = 2u32.saturating_pow(n.saturating_sub(1).min(30));
+    retry
+        .backoff_initial
+        .saturating_mul(factor)
+        .min(retry.backoff_max)
+}
+
+/// Writes one batch to the sink with retries; see the module comment.
 async fn deliver(
     shared: &Shared,
     out: bytes::Bytes,
     events: u64,
     stop: &mut watch::Receiver<bool>,
-) -> bool {
-    let mut backoff = RETRY_BACKOFF_INITIAL;
+) -> Delivery {
+    let first = record::now_micros();
+    let mut attempt = 0;
     loop {
-        match shared.sink.write(out.clone(), events).await {
-            Ok(()) => return true,
-            Err(e) => {
-                shared.stats.sink_errors.fetch_add(1, Ordering::Relaxed);
-                shared.warn_rate_limited("the sink failed; retrying", &e.to_string());
+        attempt += 1;
+        let started = Instant::now();
+        let result = shared.sink.write(out.clone(), events).await;
+        let outcome = match &result {
+            Ok(()) => "ok",
+            Err(e) if e.retry == Retry::Permanent => "permanent",
+            Err(_) => "retryable",
+        };
+        metrics::counter!("veltrix_sink_requests_total", "sink" => shared.sink_name.clone(), "outcome" => outcome).increment(1);
+        metrics::histogram!("veltrix_sink_request_duration_seconds", "sink" => shared.sink_name.clone())
+            .record(started.elapsed().as_secs_f64());
+        let error = match result {
+            Ok(()) => return Delivery::Delivered,
+            Err(e) => e,
+        };
+        let failed = |reason| Delivery::Failed {
+            reason,
+            attempts: attempt,
+            last_error: error.message.clone(),
+            first,
+            last: record::now_micros(),
+        };
+        let after = match error.retry {
+            Retry::Permanent => return failed("permanent sink error"),
+            Retry::Retryable { .. } if attempt >= shared.retry.attempts_max => {
+                return failed("retries exhausted");
             }
-        }
+            Retry::Retryable { after } => after,
+        };
+        metrics::counter!("veltrix_pipeline_retries_total", "pipeline" => shared.name.clone())
+            .increment(1);
+        shared.warn_rate_limited("the sink failed; retrying", &error.message);
+        let cap = backoff_cap(&shared.retry, attempt);
+        let jitter = rand::rng().random_range(Duration::ZERO..=cap);
+        let wait = after
+            .map_or(jitter, |a| a.max(jitter))
+            .min(shared.retry.backoff_max);
         if *stop.borrow() {
-            return false;
+            return Delivery::Stopped;
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return Delivery::Stopped,
+        }
+    }
+}
+
+/// Puts entries into the dead-letter queue, waiting while it is full. Returns `false` on stop.
+async fn dead_letter(
+    shared: &Shared,
+    entries: &[Vec<u8>],
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    loop {
+        let result = match shared.dead_letters.log.append_batch(entries) {
+            Ok(ticket) => ticket.await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(_) => return true,
+            Err(e) => {
+                shared.warn_rate_limited(
+                    "the dead-letter queue cannot take entries; waiting",
+                    &e.to_string(),
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DLQ_FULL_WAIT) => {}
             _ = stop.changed() => return false,
         }
-        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_caps_double_up_to_the_maximum() {
+        let retry = RetryConfig {
+            attempts_max: 10,
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(1),
+        };
+        let caps: Vec<u128> = (1..=5)
+            .map(|n| backoff_cap(&retry, n).as_millis())
+            .collect();
+        assert_eq!(caps, [200, 400, 800, 1000, 1000]);
+        assert_eq!(
+            backoff_cap(&retry, 1000),
+            Duration::from_secs(1),
+            "no overflow"
+        );
     }
 }

@@ -46,6 +46,11 @@ impl Problem {
         self
     }
 
+    /// The problem's short name (metrics label).
+    pub(crate) fn slug(&self) -> &'static str {
+        self.slug
+    }
+
     pub(crate) fn retry_after(mut self, seconds: u32) -> Self {
         self.retry_after_s = Some(seconds);
         self

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use veltrix_core::config::{Config, Durability, QueueConfig};
+use veltrix_core::config::{Config, Durability, QueueConfig, WhenFull};
 use veltrix_log::{Log, LogOptions, RecoveryReport};
 
 use crate::engine::EngineError;
@@ -13,12 +13,21 @@ use crate::engine::EngineError;
 pub(crate) struct Queue {
     pub(crate) name: String,
     pub(crate) priority: u8,
+    pub(crate) when_full: WhenFull,
     pub(crate) log: Log,
 }
 
 pub(crate) fn log_options(q: &QueueConfig) -> LogOptions {
     let defaults = LogOptions::default();
-    let segment_bytes = q.segment_bytes.bytes();
+    // `drop_oldest` makes room a whole segment at a time: keep segments small against the
+    // bound so a drop frees room without discarding most of the queue.
+    let segment_bytes = match q.when_full {
+        WhenFull::DropOldest => q
+            .segment_bytes
+            .bytes()
+            .min((q.max_bytes.bytes() / 8).max(4096)),
+        WhenFull::Backpressure | WhenFull::DropNewest => q.segment_bytes.bytes(),
+    };
     LogOptions {
         durability: match q.durability {
             Durability::Fsync => veltrix_log::Durability::Fsync,
@@ -56,6 +65,7 @@ pub(crate) fn open_all(config: &Config) -> Result<Vec<(Queue, RecoveryReport)>, 
                 Queue {
                     name: name.clone(),
                     priority: q.priority,
+                    when_full: q.when_full,
                     log,
                 },
                 report,

@@ -10,6 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -17,19 +18,45 @@ use veltrix_core::config::SinkConfig;
 
 /// Batches that may wait for the file sink's writer thread.
 const FILE_SINK_QUEUE_MAX: usize = 64;
+/// Idle keep-alive connections an http sink keeps.
+const HTTP_SINK_IDLE_CONNECTIONS_MAX: usize = 16;
+
+/// Whether trying again may help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Timeouts, connection errors, 5xx, 408, 429, local I/O errors: try again, not before
+    /// `after` when the sink said so (`Retry-After`).
+    Retryable { after: Option<Duration> },
+    /// The sink refused this batch for good (other 4xx): dead-letter it at once.
+    Permanent,
+}
 
 /// Why a sink did not confirm a batch.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SinkError {
-    #[error("writing {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("the sink is closed")]
-    Closed,
+#[derive(Debug, Clone)]
+pub(crate) struct SinkError {
+    pub(crate) retry: Retry,
+    pub(crate) message: String,
+}
+
+impl SinkError {
+    fn retryable(message: impl Into<String>) -> SinkError {
+        SinkError {
+            retry: Retry::Retryable { after: None },
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// A running sink.
 pub(crate) enum Sink {
     File(FileSink),
+    Http(HttpSink),
     Stdout,
     Blackhole { events: AtomicU64 },
 }
@@ -38,6 +65,7 @@ impl Sink {
     pub(crate) fn start(name: &str, config: &SinkConfig) -> io::Result<Sink> {
         Ok(match config {
             SinkConfig::File { path } => Sink::File(FileSink::start(name, path)?),
+            SinkConfig::Http { url, timeout } => Sink::Http(HttpSink::new(url, *timeout)?),
             SinkConfig::Stdout => Sink::Stdout,
             SinkConfig::Blackhole => Sink::Blackhole {
                 events: AtomicU64::new(0),
@@ -49,14 +77,12 @@ impl Sink {
     pub(crate) async fn write(&self, ndjson: Bytes, events: u64) -> Result<(), SinkError> {
         match self {
             Sink::File(file) => file.write(ndjson).await,
+            Sink::Http(http) => http.write(&ndjson).await,
             Sink::Stdout => {
                 let mut out = io::stdout().lock();
                 out.write_all(&ndjson)
                     .and_then(|()| out.flush())
-                    .map_err(|source| SinkError::Io {
-                        path: PathBuf::from("<stdout>"),
-                        source,
-                    })
+                    .map_err(|e| SinkError::retryable(format!("writing to stdout: {e}")))
             }
             Sink::Blackhole { events: count } => {
                 count.fetch_add(events, Ordering::Relaxed);
@@ -69,10 +95,72 @@ impl Sink {
     pub(crate) fn describe(&self) -> String {
         match self {
             Sink::File(f) => format!("file {}", f.path.display()),
+            Sink::Http(h) => format!("http {}", h.url),
             Sink::Stdout => "stdout".to_owned(),
             Sink::Blackhole { .. } => "blackhole".to_owned(),
         }
     }
+}
+
+/// POSTs each batch as `application/cloudevents-batch+json` and classifies the answer.
+pub(crate) struct HttpSink {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl HttpSink {
+    fn new(url: &str, timeout: Duration) -> io::Result<HttpSink> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_max_idle_per_host(HTTP_SINK_IDLE_CONNECTIONS_MAX)
+            .build()
+            .map_err(io::Error::other)?;
+        Ok(HttpSink {
+            url: url.to_owned(),
+            client,
+        })
+    }
+
+    async fn write(&self, ndjson: &[u8]) -> Result<(), SinkError> {
+        let response = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(ndjson_to_array(ndjson))
+            .send()
+            .await
+            .map_err(|e| SinkError::retryable(format!("POST {}: {e}", self.url)))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let retryable =
+            status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
+        Err(SinkError {
+            retry: if retryable {
+                Retry::Retryable { after }
+            } else {
+                Retry::Permanent
+            },
+            message: format!("POST {} answered {status}", self.url),
+        })
+    }
+}
+
+/// NDJSON lines (compact JSON, so no raw newline inside one) as a JSON array.
+fn ndjson_to_array(ndjson: &[u8]) -> Vec<u8> {
+    let body = ndjson.strip_suffix(b"\n").unwrap_or(ndjson);
+    let mut out = Vec::with_capacity(body.len() + 2);
+    out.push(b'[');
+    out.extend(body.iter().map(|&b| if b == b'\n' { b',' } else { b }));
+    out.push(b']');
+    out
 }
 
 type Job = (Bytes, oneshot::Sender<io::Result<()>>);
@@ -108,16 +196,11 @@ impl FileSink {
 
     async fn write(&self, ndjson: Bytes) -> Result<(), SinkError> {
         let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send((ndjson, tx))
-            .await
-            .map_err(|_| SinkError::Closed)?;
+        let closed = || SinkError::retryable("the file sink's writer stopped");
+        self.jobs.send((ndjson, tx)).await.map_err(|_| closed())?;
         rx.await
-            .map_err(|_| SinkError::Closed)?
-            .map_err(|source| SinkError::Io {
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(|_| closed())?
+            .map_err(|e| SinkError::retryable(format!("writing {}: {e}", self.path.display())))
     }
 }
 
@@ -187,6 +270,15 @@ fn file_writer(mut file: File, mut jobs: mpsc::Receiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ndjson_becomes_a_json_array() {
+        assert_eq!(
+            ndjson_to_array(b"{\"a\":1}\n{\"b\":\"x\\ny\"}\n"),
+            b"[{\"a\":1},{\"b\":\"x\\ny\"}]"
+        );
+        assert_eq!(ndjson_to_array(b""), b"[]");
+    }
 
     #[tokio::test]
     async fn file_sink_cuts_a_torn_last_line_before_appending() {

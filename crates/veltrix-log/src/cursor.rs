@@ -83,6 +83,30 @@ impl CursorSlot {
         Ok(())
     }
 
+    /// Forgets everything before `offset` (the segment holding it was dropped): the committed
+    /// position and the persisted one jump there, in-flight batches from before are discarded.
+    pub(crate) fn drop_before(&mut self, offset: u64) {
+        let target = Position {
+            offset,
+            segment: offset,
+            pos: 0,
+        };
+        while self
+            .inflight
+            .front()
+            .is_some_and(|b| b.first_offset < offset)
+        {
+            let batch = self.inflight.pop_front().expect("checked");
+            self.inflight_records -= batch.acked.len();
+        }
+        if self.committed.offset < offset {
+            self.committed = target;
+        }
+        if self.persisted.is_some_and(|p| p.offset < offset) {
+            self.persisted = Some(target);
+        }
+    }
+
     /// Moves `committed` to the lowest unacknowledged record. Returns whether it moved.
     fn advance(&mut self) -> bool {
         let before = self.committed;

@@ -153,6 +153,7 @@ pub(crate) struct Stats {
     pub(crate) rejected_full: AtomicU64,
     pub(crate) quarantined_records: AtomicU64,
     pub(crate) segments_deleted: AtomicU64,
+    pub(crate) dropped_records: AtomicU64,
 }
 
 /// A point-in-time copy of the log's counters.
@@ -170,8 +171,10 @@ pub struct LogStats {
     pub rejected_full: u64,
     /// Records skipped by readers because they sat in a damaged range.
     pub quarantined_records: u64,
-    /// Segments deleted by retention since open.
+    /// Segments deleted (by retention or [`Log::drop_oldest`]) since open.
     pub segments_deleted: u64,
+    /// Records discarded unconsumed by [`Log::drop_oldest`] since open.
+    pub dropped_records: u64,
 }
 
 pub(crate) struct Shared {
@@ -424,6 +427,44 @@ impl Log {
         }
     }
 
+    /// Makes room by deleting the oldest segment even though cursors have not consumed it (the
+    /// `drop_oldest` when-full policy). Cursors behind it jump to the next segment; their records
+    /// in flight from it are forgotten (acknowledging them later answers `NotInFlight`). Returns
+    /// how many records were dropped: 0 when only the active segment is left (nothing to drop).
+    pub fn drop_oldest(&self) -> Result<u64, Error> {
+        let shared = &self.inner.shared;
+        let (gone, dropped) = {
+            let mut st = shared.lock();
+            st.check_usable()?;
+            if st.segments.len() < 2 {
+                return Ok(0);
+            }
+            let gone = st.segments.pop_front().expect("len >= 2");
+            let next = *st.segments.front().expect("len >= 1");
+            for slot in st.cursors.iter_mut().flatten() {
+                slot.drop_before(next.base);
+            }
+            st.ledger_dirty = true;
+            (gone, next.base - gone.base)
+        };
+        shared
+            .stats
+            .dropped_records
+            .fetch_add(dropped, Ordering::Relaxed);
+        shared
+            .stats
+            .segments_deleted
+            .fetch_add(1, Ordering::Relaxed);
+        let path = shared.segment_path(gone.base);
+        shared
+            .fs
+            .remove(&path)
+            .map_err(|e| Error::io("deleting the oldest segment to make room", &path, e))?;
+        shared.wake_committer();
+        shared.wake_readers();
+        Ok(dropped)
+    }
+
     /// Opens the named cursor (creating it at the oldest retained record if it is new). Only one
     /// handle per name may be open; reopening resumes at the committed position, so records
     /// delivered but not acknowledged by the previous handle are delivered again.
@@ -468,6 +509,7 @@ impl Log {
             rejected_full: s.rejected_full.load(Ordering::Relaxed),
             quarantined_records: s.quarantined_records.load(Ordering::Relaxed),
             segments_deleted: s.segments_deleted.load(Ordering::Relaxed),
+            dropped_records: s.dropped_records.load(Ordering::Relaxed),
         }
     }
 

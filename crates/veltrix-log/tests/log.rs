@@ -552,3 +552,39 @@ async fn the_log_survives_reopen_on_the_real_filesystem() {
     assert!(integrity.is_clean());
     assert!(integrity.records_ok >= 250);
 }
+
+#[tokio::test]
+async fn drop_oldest_discards_a_whole_segment_and_moves_lagging_cursors() {
+    let fs = SimFs::new();
+    let (log, _) = open(&fs, small());
+    let mut cursor = log.cursor("slow").unwrap();
+    append_range(&log, 0..100).await;
+    let first = drain(&mut cursor); // in flight, never acknowledged
+    assert_eq!(first.len(), 100);
+    let second_base = log.inspect().segments[1].base_offset;
+    assert_eq!(log.drop_oldest().unwrap(), second_base);
+    assert_eq!(log.stats().dropped_records, second_base);
+    assert_eq!(log.inspect().first_offset, second_base);
+    assert!(
+        matches!(cursor.ack(0), Err(Error::NotInFlight(0))),
+        "dropped records are forgotten"
+    );
+    cursor.ack(second_base).unwrap();
+    assert_eq!(cursor.committed().unwrap().offset, second_base + 1);
+    drop(cursor);
+    let mut again = log.cursor("slow").unwrap();
+    check(&drain(&mut again), second_base + 1..100);
+    let (single, _) = open(
+        &SimFs::new(),
+        LogOptions {
+            segment_bytes: 1 << 20,
+            ..small()
+        },
+    );
+    append_range(&single, 0..5).await;
+    assert_eq!(
+        single.drop_oldest().unwrap(),
+        0,
+        "the active segment is never dropped"
+    );
+}

@@ -4,6 +4,8 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -272,9 +274,11 @@ async fn kill_9_while_posting_loses_no_acknowledged_event() {
         let url = engine.ingest.clone();
         // Posters run until the engine dies under them.
         let mut posters = Vec::new();
+        let progress = Arc::new(AtomicUsize::new(0));
         for poster in 0..4 {
             let url = url.clone();
             let first = serial + poster * 1_000_000;
+            let progress = progress.clone();
             posters.push(tokio::spawn(async move {
                 let mut acked = Vec::new();
                 let mut refused = Vec::new();
@@ -301,7 +305,10 @@ async fn kill_9_while_posting_loses_no_acknowledged_event() {
                         .send()
                         .await;
                     match response {
-                        Ok(r) if r.status() == 202 => acked.extend(ids),
+                        Ok(r) if r.status() == 202 => {
+                            progress.fetch_add(ids.len(), Ordering::Relaxed);
+                            acked.extend(ids);
+                        }
                         Ok(r) => {
                             assert_eq!(r.status(), 400);
                             refused.extend(ids);
@@ -312,10 +319,10 @@ async fn kill_9_while_posting_loses_no_acknowledged_event() {
                 (acked, refused)
             }));
         }
-        // Let the posters get going, then kill at a moment no one chose precisely.
-        let before = acknowledged.len();
+        // Let the posters get going (1,000 events acknowledged this round), then kill at a
+        // moment no one chose precisely: requests are in flight on four connections.
         let deadline = Instant::now() + PATIENCE;
-        while sink_lines(&sink).len() < before + 500 && Instant::now() < deadline {
+        while progress.load(Ordering::Relaxed) < 1000 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         engine.kill9();

@@ -136,6 +136,19 @@ pub struct QueueConfig {
     pub fsync_interval: Duration,
     /// Log segment size; default 64 MiB.
     pub segment_bytes: ByteSize,
+    /// What a full queue does with new events; default [`WhenFull::Backpressure`].
+    pub when_full: WhenFull,
+}
+
+/// What happens when a queue is at `max_bytes` or `max_events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Refuse: HTTP producers get 429 with `Retry-After`; nothing is lost.
+    Backpressure,
+    /// Accept the request but drop its events that do not fit (counted, logged).
+    DropNewest,
+    /// Make room by dropping the oldest events, whole segments at a time (counted, logged).
+    DropOldest,
 }
 
 /// When an event counts as stored.
@@ -162,6 +175,52 @@ pub struct PipelineConfig {
     pub sink: String,
     /// Most events handed to the sink at once; default 1000.
     pub batch_events_max: usize,
+    /// An event waiting this long in a less urgent queue is served next regardless of
+    /// priorities; default 5 s.
+    pub starvation_max: Duration,
+    /// How failed deliveries are retried.
+    pub retry: RetryConfig,
+    /// The queue that takes events whose delivery failed for good; default `<pipeline>.dlq`.
+    /// It is internal to the pipeline (not routable) and durable.
+    pub dead_letter: String,
+}
+
+/// `retry = { attempts_max = 5, backoff_initial = "200ms", backoff_max = "30s" }`: exponential
+/// backoff with full jitter between attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Delivery attempts in all (the first one included); default 5.
+    pub attempts_max: u32,
+    /// Upper bound of the first wait; default 200 ms.
+    pub backoff_initial: Duration,
+    /// Upper bound of any wait; default 30 s.
+    pub backoff_max: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts_max: DEFAULT_ATTEMPTS_MAX,
+            backoff_initial: DEFAULT_BACKOFF_INITIAL,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// A pipeline with every setting at its default.
+    pub fn new(name: &str, from: Vec<String>, sink: String) -> PipelineConfig {
+        PipelineConfig {
+            from,
+            workers: DEFAULT_WORKERS,
+            processors: Vec::new(),
+            sink,
+            batch_events_max: DEFAULT_BATCH_EVENTS_MAX,
+            starvation_max: DEFAULT_STARVATION_MAX,
+            retry: RetryConfig::default(),
+            dead_letter: format!("{name}.dlq"),
+        }
+    }
 }
 
 /// One step of a pipeline, compiled.
@@ -182,6 +241,8 @@ pub enum SinkConfig {
     Stdout,
     /// `type = "blackhole"`: discards (for benchmarks).
     Blackhole,
+    /// `type = "http"`: POSTs each batch as `application/cloudevents-batch+json`.
+    Http { url: String, timeout: Duration },
 }
 
 /// A successfully loaded config and its warnings.
@@ -201,6 +262,12 @@ const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_millis(100);
 const DEFAULT_SEGMENT_BYTES: u64 = 64 * ByteSize::MIB;
 const DEFAULT_WORKERS: usize = 1;
 const DEFAULT_BATCH_EVENTS_MAX: usize = 1000;
+const DEFAULT_STARVATION_MAX: Duration = Duration::from_secs(5);
+const DEFAULT_ATTEMPTS_MAX: u32 = 5;
+const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(200);
+const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+const ATTEMPTS_MAX_MAX: i64 = 1000;
 
 /// Limits on settings: beyond them a value is a mistake, not a tuning choice.
 const WORKERS_MAX: i64 = 1024;
@@ -222,6 +289,7 @@ impl Default for QueueConfig {
             durability: Durability::Fsync,
             fsync_interval: DEFAULT_FSYNC_INTERVAL,
             segment_bytes: ByteSize(DEFAULT_SEGMENT_BYTES),
+            when_full: WhenFull::Backpressure,
         }
     }
 }
@@ -276,13 +344,7 @@ impl Config {
         );
         self.pipelines.insert(
             name.clone(),
-            PipelineConfig {
-                from: vec![name.clone()],
-                workers: DEFAULT_WORKERS,
-                processors: Vec::new(),
-                sink: name.clone(),
-                batch_events_max: DEFAULT_BATCH_EVENTS_MAX,
-            },
+            PipelineConfig::new(&name, vec![name.clone()], name.clone()),
         );
         self.sinks.insert(
             name,
@@ -402,10 +464,22 @@ const QUEUE_KEYS: &[&str] = &[
     "durability",
     "fsync_interval",
     "segment_bytes",
+    "when_full",
 ];
-const PIPELINE_KEYS: &[&str] = &["from", "workers", "processors", "sink", "batch_events_max"];
+const PIPELINE_KEYS: &[&str] = &[
+    "from",
+    "workers",
+    "processors",
+    "sink",
+    "batch_events_max",
+    "starvation_max",
+    "retry",
+    "dead_letter",
+];
+const RETRY_KEYS: &[&str] = &["attempts_max", "backoff_initial", "backoff_max"];
+const WHEN_FULL: &[&str] = &["backpressure", "drop_newest", "drop_oldest"];
 const SOURCE_TYPES: &[&str] = &["http"];
-const SINK_TYPES: &[&str] = &["file", "stdout", "blackhole"];
+const SINK_TYPES: &[&str] = &["file", "stdout", "blackhole", "http"];
 const PROCESSOR_TYPES: &[&str] = &["filter", "remap"];
 const DURABILITIES: &[&str] = &["fsync", "interval", "memory"];
 
@@ -1024,12 +1098,27 @@ impl Decoder<'_> {
                 );
             }
         }
+        if let Some(i) =
+            get(table, "when_full").and_then(|v| self.choice(v, "when_full", WHEN_FULL))
+        {
+            queue.when_full = [
+                WhenFull::Backpressure,
+                WhenFull::DropNewest,
+                WhenFull::DropOldest,
+            ][i];
+        }
         Some((queue, types.span()))
     }
 
     fn sink(&mut self, name: &Key<'_>, value: &Value<'_>) -> Option<SinkConfig> {
         let what = format!("sink `{}`", name.get_ref());
-        let table = self.typed_table(name, value, &what, SINK_TYPES, &["type", "path"])?;
+        let table = self.typed_table(
+            name,
+            value,
+            &what,
+            SINK_TYPES,
+            &["type", "path", "url", "timeout"],
+        )?;
         let ty = get(table, "type")
             .and_then(|v| v.get_ref().as_str())
             .unwrap_or_default();
@@ -1049,6 +1138,31 @@ impl Decoder<'_> {
                 self.check_keys(table, &what, &["type"]);
                 Some(SinkConfig::Stdout)
             }
+            "http" => {
+                self.check_keys(table, &what, &["type", "url", "timeout"]);
+                let Some(url) = get(table, "url") else {
+                    let hint = "add `url = \"http://127.0.0.1:9000/events\"`";
+                    self.missing(table, "url", name.span(), &what, hint.to_owned());
+                    return None;
+                };
+                let text = self.non_empty_string(url, "url")?;
+                if !text.starts_with("http://") {
+                    self.error(
+                        url.span(),
+                        format!("`url` must be an http:// URL, found {text:?}"),
+                        Some(
+                            "https is not supported yet: put a TLS-terminating proxy in front"
+                                .to_owned(),
+                        ),
+                    );
+                    return None;
+                }
+                let timeout = match get(table, "timeout") {
+                    Some(v) => self.duration(v, "timeout")?,
+                    None => DEFAULT_HTTP_TIMEOUT,
+                };
+                Some(SinkConfig::Http { url: text, timeout })
+            }
             _ => {
                 self.check_keys(table, &what, &["type"]);
                 Some(SinkConfig::Blackhole)
@@ -1065,13 +1179,7 @@ impl Decoder<'_> {
     ) -> Option<PipelineConfig> {
         let what = format!("pipeline `{}`", name.get_ref());
         let table = self.table(value, name.get_ref(), &what, PIPELINE_KEYS)?;
-        let mut pipeline = PipelineConfig {
-            from: Vec::new(),
-            workers: DEFAULT_WORKERS,
-            processors: Vec::new(),
-            sink: String::new(),
-            batch_events_max: DEFAULT_BATCH_EVENTS_MAX,
-        };
+        let mut pipeline = PipelineConfig::new(name.get_ref(), Vec::new(), String::new());
         let mut valid = true;
         match get(table, "from") {
             None => {
@@ -1138,6 +1246,29 @@ impl Decoder<'_> {
         {
             pipeline.batch_events_max = usize::try_from(n).expect("range-checked");
         }
+        if let Some(v) = get(table, "starvation_max")
+            && let Some(d) = self.duration(v, "starvation_max")
+        {
+            pipeline.starvation_max = d;
+        }
+        if let Some(v) = get(table, "retry") {
+            self.retry(v, &mut pipeline.retry);
+        }
+        if let Some(v) = get(table, "dead_letter")
+            && let Some(dlq) = self.non_empty_string(v, "dead_letter")
+        {
+            if queue_names.contains(&dlq.as_str()) {
+                self.error(
+                    v.span(),
+                    format!("`dead_letter = \"{dlq}\"` names a routable queue"),
+                    Some(
+                        "a dead-letter queue is the pipeline's own: pick a name no queue has"
+                            .to_owned(),
+                    ),
+                );
+            }
+            pipeline.dead_letter = dlq;
+        }
         if let Some(processors) = get(table, "processors") {
             match processors.get_ref() {
                 DeValue::Array(items) => {
@@ -1151,6 +1282,38 @@ impl Decoder<'_> {
             }
         }
         valid.then_some(pipeline)
+    }
+
+    fn retry(&mut self, value: &Value<'_>, retry: &mut RetryConfig) {
+        let Some(table) = self.table(value, "retry", "`retry`", RETRY_KEYS) else {
+            return;
+        };
+        if let Some(n) = get(table, "attempts_max")
+            .and_then(|v| self.integer(v, "attempts_max", 1..ATTEMPTS_MAX_MAX + 1))
+        {
+            retry.attempts_max = u32::try_from(n).expect("range-checked");
+        }
+        if let Some(d) =
+            get(table, "backoff_initial").and_then(|v| self.duration(v, "backoff_initial"))
+        {
+            retry.backoff_initial = d;
+        }
+        if let Some(v) = get(table, "backoff_max")
+            && let Some(d) = self.duration(v, "backoff_max")
+        {
+            retry.backoff_max = d;
+            if d < retry.backoff_initial {
+                self.error(
+                    v.span(),
+                    format!(
+                        "`backoff_max` ({}) is below `backoff_initial` ({})",
+                        format_duration(d),
+                        format_duration(retry.backoff_initial)
+                    ),
+                    Some("make `backoff_max` at least `backoff_initial`".to_owned()),
+                );
+            }
+        }
     }
 
     fn processor(&mut self, item: &Value<'_>) -> Option<ProcessorConfig> {

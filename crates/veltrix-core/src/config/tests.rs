@@ -160,6 +160,7 @@ max_events = 5000
 durability = "interval"
 fsync_interval = "250ms"
 segment_bytes = "512KiB"
+when_full = "drop_oldest"
 [queues.rest]
 types = ["*"]
 durability = "memory"
@@ -169,6 +170,9 @@ workers = 2
 batch_events_max = 10
 processors = []
 sink = "s"
+starvation_max = "2s"
+retry = { attempts_max = 3, backoff_initial = "10ms", backoff_max = "1s" }
+dead_letter = "p-failures"
 [pipelines.r]
 from = ["rest"]
 sink = "s"
@@ -187,9 +191,24 @@ type = "stdout"
             durability: Durability::Interval,
             fsync_interval: Duration::from_millis(250),
             segment_bytes: ByteSize(512 << 10),
+            when_full: WhenFull::DropOldest,
         }
     );
     assert_eq!(config.queues["rest"].durability, Durability::Memory);
+    assert_eq!(config.queues["rest"].when_full, WhenFull::Backpressure);
+    let p = &config.pipelines["p"];
+    assert_eq!(p.starvation_max, Duration::from_secs(2));
+    assert_eq!(
+        p.retry,
+        RetryConfig {
+            attempts_max: 3,
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+        }
+    );
+    assert_eq!(p.dead_letter, "p-failures");
+    assert_eq!(config.pipelines["r"].dead_letter, "r.dlq");
+    assert_eq!(config.pipelines["r"].retry, RetryConfig::default());
     assert_eq!(config.pipelines["p"].from, ["q"]);
     assert_eq!(config.pipelines["p"].batch_events_max, 10);
     assert_eq!(config.sinks["s"], SinkConfig::Stdout);
@@ -657,4 +676,35 @@ fn routing_without_a_catch_all_rejects_unmatched_types() {
     assert_eq!(router.route("order.x.v2"), Some(QueueIndex(0)));
     assert_eq!(router.route("order.ab"), None);
     assert_eq!(router.route("payment"), None);
+}
+
+#[test]
+fn an_http_sink_needs_an_http_url() {
+    let src = "[queues.q]\ntypes = [\"*\"]\n[pipelines.p]\nfrom = [\"q\"]\nsink = \"h\"\n[sinks.h]\ntype = \"http\"\nurl = \"https://example.com\"\n";
+    check_error(src, 8, 7, "`url` must be an http:// URL");
+    let ok = src.replace("https://example.com", "http://127.0.0.1:9/x");
+    assert_eq!(
+        valid(&ok).config.sinks["h"],
+        SinkConfig::Http {
+            url: "http://127.0.0.1:9/x".into(),
+            timeout: Duration::from_secs(10)
+        }
+    );
+}
+
+#[test]
+fn backoff_max_below_backoff_initial_is_an_error() {
+    let src = "[queues.q]\ntypes = [\"*\"]\n[pipelines.p]\nfrom = [\"q\"]\nsink = \"s\"\nretry = { backoff_initial = \"2s\", backoff_max = \"1s\" }\n[sinks.s]\ntype = \"stdout\"\n";
+    check_error(
+        src,
+        6,
+        49,
+        "`backoff_max` (1s) is below `backoff_initial` (2s)",
+    );
+}
+
+#[test]
+fn a_dead_letter_queue_may_not_be_a_routable_queue() {
+    let src = "[queues.q]\ntypes = [\"*\"]\n[pipelines.p]\nfrom = [\"q\"]\nsink = \"s\"\ndead_letter = \"q\"\n[sinks.s]\ntype = \"stdout\"\n";
+    check_error(src, 6, 15, "names a routable queue");
 }
