@@ -18,7 +18,7 @@ mod pipeline;
 mod problem;
 mod processors;
 mod queues;
-mod record;
+pub mod record;
 mod sink;
 
 pub use engine::{Engine, EngineError, Topology};

@@ -6,7 +6,9 @@
 //!
 //! Scheduling: the reader holds at most one read-ahead batch per queue and serves the most urgent
 //! queue that has events — unless a batch of a less urgent queue has waited `starvation_max`
-//! since its oldest event was accepted: then the longest-waiting such batch goes first.
+//! since its oldest event was accepted: then the longest-waiting such batch goes first. So under
+//! a flood of urgent events, a less urgent event waits at most about `starvation_max` plus one
+//! batch per starving queue.
 //!
 //! Retries: retryable sink errors are retried up to `attempts_max` attempts in all, waiting a
 //! random time in `[0, min(backoff_max, backoff_initial × 2^n)]` (full jitter; at least the
@@ -56,20 +58,22 @@ struct Reader {
 }
 
 impl Reader {
-    /// Which read-ahead batch to serve: a starving one (oldest first), else the most urgent.
+    /// Which read-ahead batch to serve: the most urgent, unless a batch of a less urgent queue
+    /// has waited `starvation_max` (then the longest-waiting such batch). The most urgent queue
+    /// never counts as starving: priority serves it anyway, and a backlog of its own must not
+    /// block the starvation bound of the others.
     fn pick(&self) -> Option<usize> {
-        let oldest = |i: usize| {
-            self.ahead[i]
-                .as_ref()
-                .map(|b| record::split(&b[0].payload).0)
-        };
-        let starving = (0..self.ahead.len())
-            .filter_map(|i| oldest(i).map(|t| (t, i)))
-            .filter(|(t, _)| record::age_seconds(*t) >= self.starvation_max.as_secs_f64())
+        let top = (0..self.ahead.len()).find(|&i| self.ahead[i].is_some())?;
+        let bound = self.starvation_max.as_secs_f64();
+        let starving = (top + 1..self.ahead.len())
+            .filter_map(|i| {
+                self.ahead[i]
+                    .as_ref()
+                    .map(|b| (record::split(&b[0].payload).0, i))
+            })
+            .filter(|(accepted, _)| record::age_seconds(*accepted) >= bound)
             .min();
-        starving
-            .map(|(_, i)| i)
-            .or_else(|| (0..self.ahead.len()).find(|&i| self.ahead[i].is_some()))
+        Some(starving.map_or(top, |(_, i)| i))
     }
 
     /// The next batch, or `None` on stop (or when a queue failed: the error is logged).

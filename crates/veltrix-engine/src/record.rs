@@ -8,20 +8,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const PREFIX_BYTES: usize = 8;
 
 /// Microseconds since the Unix epoch, now.
-pub(crate) fn now_micros() -> u64 {
+pub fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Starts a record accepted at `accepted_micros`; the caller appends the JSON body to `out`.
-pub(crate) fn begin(out: &mut Vec<u8>, accepted_micros: u64) {
+pub fn begin(out: &mut Vec<u8>, accepted_micros: u64) {
     out.extend_from_slice(&accepted_micros.to_le_bytes());
 }
 
 /// The accepted-at time and the JSON body of a stored record. A record too short to hold the
 /// prefix (never written by this engine) reads as accepted at 0 with an empty body.
-pub(crate) fn split(stored: &[u8]) -> (u64, &[u8]) {
+pub fn split(stored: &[u8]) -> (u64, &[u8]) {
     match stored.split_first_chunk::<PREFIX_BYTES>() {
         Some((prefix, body)) => (u64::from_le_bytes(*prefix), body),
         None => (0, &[]),
@@ -29,7 +29,7 @@ pub(crate) fn split(stored: &[u8]) -> (u64, &[u8]) {
 }
 
 /// Seconds elapsed since `accepted_micros` (0 if the clock went backwards).
-pub(crate) fn age_seconds(accepted_micros: u64) -> f64 {
+pub fn age_seconds(accepted_micros: u64) -> f64 {
     now_micros().saturating_sub(accepted_micros) as f64 / 1e6
 }
 

@@ -70,7 +70,8 @@ pub use cursor::{Acker, Cursor, Record};
 pub use error::{Error, FullReason};
 pub use fs::{Faults, FileHandle, Filesystem, OsFs, SimFs};
 pub use inspect::{
-    CursorInfo, DamagedRange, IntegrityReport, LogInfo, RecoveryReport, SegmentInfo, verify_dir,
+    CursorInfo, DamagedRange, DirCursor, DirInfo, IntegrityReport, LogInfo, RecoveryReport,
+    SegmentInfo, inspect_dir, verify_dir,
 };
 pub use ledger::Position;
 pub use log::{AppendTicket, Log, LogStats};

@@ -81,6 +81,101 @@ enum Command {
         /// Events (or data values with --type); read NDJSON from stdin when none are given.
         json: Vec<String>,
     },
+    /// Look at queues on disk (read-only, safe while an engine runs).
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+    /// List, replay or purge a pipeline's dead-lettered events on a running engine.
+    Dlq {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+/// How to reach a running engine's admin API.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The admin API [default: the `[api] address` of -c FILE, else http://127.0.0.1:8081].
+    #[arg(long, global = true)]
+    api: Option<String>,
+    /// Take the admin address (and token) from this config file.
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
+    /// Bearer token for the admin API [default: the config's `[api] token`].
+    #[arg(long, global = true, env = "VELTRIX_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Show dead-lettered events, oldest first: id, type, reason, attempts, last error.
+    #[command(
+        after_help = "Examples:\n  veltrix dlq list archive\n  veltrix dlq list archive --limit 1000 --json | jq '.entries[].reason'\n  veltrix dlq list archive -c examples/orders.toml"
+    )]
+    List {
+        /// The pipeline.
+        pipeline: String,
+        /// At most this many entries (1–10000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-enqueue dead-lettered events into their original queues (counted; every pipeline
+    /// reading that queue sees them again).
+    #[command(
+        after_help = "Examples:\n  veltrix dlq replay archive --all\n  veltrix dlq replay archive --id o-1 --id o-2"
+    )]
+    Replay {
+        /// The pipeline.
+        pipeline: String,
+        /// Event ids to replay (repeatable).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        /// Replay every entry.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Discard dead-lettered events for good.
+    #[command(
+        after_help = "Examples:\n  veltrix dlq purge archive --all\n  veltrix dlq purge archive --id o-1"
+    )]
+    Purge {
+        /// The pipeline.
+        pipeline: String,
+        /// Event ids to discard (repeatable).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        /// Discard every entry.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Show each queue's segments, events, consumers' lag, oldest event age and integrity:
+    /// exit 0 when clean, 1 when a queue is missing or damaged, 78 for an invalid config.
+    #[command(
+        after_help = "Reads <DATA_DIR>/queues/<QUEUE>/ without opening the queue for writing, so it is safe while an\nengine runs (cursor positions are then the last persisted ones: the engine persists every 250 ms).\n\nExamples:\n  veltrix queue inspect\n  veltrix queue inspect -c examples/orders.toml critical\n  veltrix queue inspect --data-dir /var/lib/veltrix --json | jq '.queues[] | {name, cursors}'"
+    )]
+    Inspect {
+        /// The data directory [default: the config's `data_dir`, else ./veltrix-data].
+        #[arg(long, conflicts_with = "config")]
+        data_dir: Option<PathBuf>,
+        /// Take the data directory from this config file.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Only this queue [default: every queue in the data directory].
+        queue: Option<String>,
+        /// Print one JSON document (`{"queues": [...]}`) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -111,6 +206,38 @@ pub(crate) fn main() -> ExitCode {
             source,
             json,
         } => crate::send::send(&url, ty.as_deref(), &source, &json),
+        Command::Queue {
+            command:
+                QueueCommand::Inspect {
+                    data_dir,
+                    config,
+                    queue,
+                    json,
+                },
+        } => crate::queue::inspect(&crate::queue::InspectArgs {
+            data_dir: data_dir.as_deref(),
+            config: config.as_deref(),
+            queue: queue.as_deref(),
+            json,
+        }),
+        Command::Dlq { api, command } => {
+            match crate::dlq::Api::resolve(api.api.as_deref(), api.config.as_deref(), api.token) {
+                Err(code) => code,
+                Ok(target) => match command {
+                    DlqCommand::List {
+                        pipeline,
+                        limit,
+                        json,
+                    } => crate::dlq::list(&target, &pipeline, limit, json),
+                    DlqCommand::Replay { pipeline, ids, all } => {
+                        crate::dlq::take(&target, &pipeline, &ids, all, false)
+                    }
+                    DlqCommand::Purge { pipeline, ids, all } => {
+                        crate::dlq::take(&target, &pipeline, &ids, all, true)
+                    }
+                },
+            }
+        }
     };
     ExitCode::from(code)
 }

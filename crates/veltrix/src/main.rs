@@ -2,6 +2,8 @@
 //! in their own modules.
 
 mod cli;
+mod dlq;
+mod queue;
 mod run;
 mod send;
 mod validate;

@@ -1,95 +1,16 @@
 //! End-to-end: the real `veltrix` binary, started on port 0 in a temp dir, driven over HTTP.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_veltrix");
-/// Longest we wait for the engine to come up or for events to arrive before failing the test
-/// (a failure guard, not a timing assertion).
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A running `veltrix run` process.
-struct Engine {
-    child: Child,
-    ingest: String,
-    api: String,
-}
-
-impl Engine {
-    fn start(config: &Path) -> Engine {
-        let mut child = Command::new(BIN)
-            .args(["run", "-c"])
-            .arg(config)
-            .env("VELTRIX_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn veltrix");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep draining after start-up so the engine never writes into a closed pipe.
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let (mut ingest, mut api) = (None, None);
-        while ingest.is_none() || api.is_none() {
-            let line = rx
-                .recv_timeout(PATIENCE)
-                .expect("the engine printed its addresses");
-            let url = line.split_whitespace().nth(1).map(str::to_owned);
-            if line.trim_start().starts_with("ingest") {
-                ingest = url;
-            } else if line.trim_start().starts_with("admin") {
-                api = url;
-            }
-        }
-        Engine {
-            child,
-            ingest: ingest.unwrap(),
-            api: api.unwrap(),
-        }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Writes a config into `dir` whose data and sink live in `dir`; `extra` is appended verbatim.
-fn config(dir: &Path, queues_pipelines_sinks: &str) -> PathBuf {
-    let text = format!(
-        "data_dir = \"{data}\"\n[api]\naddress = \"127.0.0.1:0\"\n[sources.http]\ntype = \"http\"\naddress = \"127.0.0.1:0\"\nbody_bytes_max = \"1MiB\"\n{rest}",
-        data = dir.join("data").display(),
-        rest = queues_pipelines_sinks.replace("{dir}", &dir.display().to_string()),
-    );
-    let path = dir.join("veltrix.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
+mod support;
+use support::*;
 
 const ORDERS: &str = r#"
 [queues.critical]
@@ -112,66 +33,6 @@ path = "{dir}/out/archive.ndjson"
 
 fn event(id: &str, ty: &str, amount: i64) -> Value {
     json!({"specversion": "1.0", "id": id, "source": "/test", "type": ty, "data": {"amount": amount, "qty": 3}})
-}
-
-fn sink_lines(path: &Path) -> Vec<Value> {
-    match std::fs::read_to_string(path) {
-        // Only newline-terminated lines are written (confirmed); a last fragment without its
-        // newline is a write in progress, or torn by a kill -9 (cut off at the next start).
-        Ok(text) => text
-            .split_inclusive('\n')
-            .filter(|l| l.ends_with('\n'))
-            .map(|l| serde_json::from_str(l).expect("every complete line is a JSON event"))
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// Polls the sink file until `done` holds for its lines (or PATIENCE runs out).
-fn wait_for_sink(path: &Path, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let lines = sink_lines(path);
-        if done(&lines) || Instant::now() > deadline {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
-async fn post(
-    url: &str,
-    content_type: &str,
-    body: Vec<u8>,
-    headers: &[(&str, &str)],
-) -> (u16, Value) {
-    let mut request = client()
-        .post(url)
-        .header("content-type", content_type)
-        .body(body);
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-fn ndjson(events: &[Value]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in events {
-        serde_json::to_writer(&mut out, e).unwrap();
-        out.push(b'\n');
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
