@@ -607,3 +607,144 @@ url = "{}"
     );
     assert!(peak < RSS_BOUND, "RSS {} MiB", peak >> 20);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_event_holds_up_the_events_behind_it_at_most_attempts_max_times_backoff_max() {
+    let receiver = Receiver::start().await;
+    receiver.set_mode(Mode::FailPoison);
+    let dir = tempfile::tempdir().unwrap();
+    let topology = format!(
+        r#"
+[queues.q]
+types = ["*"]
+[pipelines.p]
+from = ["q"]
+workers = 1
+batch_events_max = 1
+retry = {{ attempts_max = 4, backoff_initial = "100ms", backoff_max = "200ms" }}
+sink = "downstream"
+[sinks.downstream]
+type = "http"
+url = "{}"
+"#,
+        receiver.url
+    );
+    let engine = Engine::start(&config(dir.path(), &topology));
+    let started = Instant::now();
+    post_ok(
+        &engine,
+        &[
+            order("poison-1", "order.created"),
+            order("behind-1", "order.created"),
+        ],
+    )
+    .await;
+    assert!(wait_until(async || receiver.delivered_ids().contains("behind-1")).await);
+    let held = started.elapsed();
+    println!("poison: the event behind it was delivered after {held:?} (bound 4 × 200 ms)");
+    // Three waits of at most 200 ms each between four attempts, plus request time and slack.
+    assert!(
+        held < Duration::from_millis(4 * 200 + 500),
+        "held up {held:?}"
+    );
+    let api = engine.api.clone();
+    assert!(wait_until(async || dlq(&api, "p").await.len() == 1).await);
+    assert_eq!(receiver.attempts()["poison-1"], 4);
+    assert!(engine.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_worker_delivers_a_queue_in_order() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = http_pipeline(&receiver.url, "{ attempts_max = 3 }")
+        .replace("batch_events_max = 10", "batch_events_max = 7\nworkers = 1");
+    let engine = Engine::start(&config(dir.path(), &topology));
+    let sent = ids("ordered", 500);
+    for chunk in sent.chunks(50) {
+        let events: Vec<Value> = chunk.iter().map(|id| order(id, "order.created")).collect();
+        post_ok(&engine, &events).await;
+    }
+    assert!(wait_until(async || receiver.delivered().len() == sent.len()).await);
+    let arrived: Vec<String> = receiver.delivered().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(arrived, sent, "queue order kept with one worker");
+    assert!(engine.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_routes_need_the_token_when_one_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(
+        dir.path(),
+        "[queues.q]\ntypes = [\"*\"]\n[pipelines.p]\nfrom = [\"q\"]\nsink = \"s\"\n[sinks.s]\ntype = \"blackhole\"\n",
+    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[api]\n", "[api]\ntoken = \"s3cret\"\n");
+    std::fs::write(&path, text).unwrap();
+    let engine = Engine::start(&path);
+    let url = format!("{}/api/v1/dlq/p", engine.api);
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(client().get(&url).send().await.unwrap()), 401);
+    assert_eq!(
+        status(
+            client()
+                .get(&url)
+                .bearer_auth("wrong")
+                .send()
+                .await
+                .unwrap()
+        ),
+        401
+    );
+    assert_eq!(
+        status(
+            client()
+                .get(format!("{}/metrics", engine.api))
+                .send()
+                .await
+                .unwrap()
+        ),
+        401
+    );
+    assert_eq!(
+        status(
+            client()
+                .get(&url)
+                .bearer_auth("s3cret")
+                .send()
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            client()
+                .get(format!("{}/healthz", engine.api))
+                .send()
+                .await
+                .unwrap()
+        ),
+        200,
+        "health stays open"
+    );
+    // The CLI takes the token from the config (the address too, unless it is port 0 as here).
+    let output = Command::new(BIN)
+        .args(["dlq", "list", "p", "--api", &engine.api, "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = Command::new(BIN)
+        .args(["dlq", "list", "p", "--api", &engine.api])
+        .env_remove("VELTRIX_API_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "no token, refused");
+    assert!(engine.stop().success());
+}

@@ -214,6 +214,8 @@ pub enum Mode {
     Flaky = 2,
     /// 400: the batch is refused for good.
     Refuse = 3,
+    /// 503 for any batch holding an event whose id starts with `poison`.
+    FailPoison = 4,
 }
 
 #[derive(Default)]
@@ -309,6 +311,7 @@ async fn receive(
             }
         }
         3 => StatusCode::BAD_REQUEST,
+        4 if ids.iter().any(|id| id.starts_with("poison")) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::OK,
     };
     if status == StatusCode::OK {
