@@ -1,5 +1,6 @@
 //! The admin API (loopback by default): `GET /healthz` (the process is up), `GET /readyz`
-//! (queues open and ingest accepting), `GET /metrics` (Prometheus text format), and the
+//! (queues open and ingest accepting), `GET /metrics` (Prometheus text format),
+//! `GET /api/v1/stats` (live statistics, `docs/stats-api.md`), and the
 //! dead-letter routes `GET /api/v1/dlq/{pipeline}?limit=N`, `POST /api/v1/dlq/{pipeline}/replay`
 //! (`{"ids": [...]}` or `{"all": true}`) and `POST /api/v1/dlq/{pipeline}/purge` (same body).
 //! When `[api] token` is set, `/metrics` and `/api/*` need `Authorization: Bearer <token>`,
@@ -20,9 +21,11 @@ use serde_json::{Value, json};
 
 use crate::deadletter::{DeadLetters, LIST_MAX, QueueLookup};
 use crate::problem::Problem;
+use crate::stats::Registry;
 
 /// Shared by the admin routes.
 pub(crate) struct ApiState {
+    pub(crate) stats: Arc<Registry>,
     pub(crate) accepting: Arc<AtomicBool>,
     pub(crate) metrics: PrometheusHandle,
     pub(crate) dead_letters: HashMap<String, Arc<DeadLetters>>,
@@ -33,6 +36,7 @@ pub(crate) struct ApiState {
 pub(crate) fn router(state: Arc<ApiState>) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(metrics))
+        .route("/api/v1/stats", get(stats))
         .route("/api/v1/dlq/{pipeline}", get(dlq_list))
         .route("/api/v1/dlq/{pipeline}/replay", post(dlq_replay))
         .route("/api/v1/dlq/{pipeline}/purge", post(dlq_purge))
@@ -111,6 +115,10 @@ async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
         st.metrics.render(),
     )
         .into_response()
+}
+
+async fn stats(State(st): State<Arc<ApiState>>) -> Response {
+    axum::Json(st.stats.snapshot()).into_response()
 }
 
 fn dlq_of(st: &ApiState, pipeline: &str) -> Result<Arc<DeadLetters>, Problem> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use veltrix_core::config::{Config, Durability, Router as TypeRouter, SourceConfig};
+use veltrix_core::config::{Config, Durability, Router as TypeRouter, SinkConfig, SourceConfig};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use veltrix_log::{Log, LogOptions};
@@ -24,6 +24,10 @@ use crate::pipeline::{Input, Pipeline, Setup};
 use crate::processors::Chain;
 use crate::queues::{self, Queue};
 use crate::sink::Sink;
+use crate::stats::{
+    PipelineCounters, PipelineInfo, QueueInfo, Registry, SinkCounters, SinkInfo, SourceCounters,
+    SourceInfo,
+};
 use crate::{api, ingest};
 
 /// Bounds of a pipeline's dead-letter queue.
@@ -137,6 +141,14 @@ fn serve(
     })
 }
 
+fn durability_name(d: Durability) -> &'static str {
+    match d {
+        Durability::Fsync => "fsync",
+        Durability::Interval => "interval",
+        Durability::Memory => "memory",
+    }
+}
+
 impl Engine {
     /// Starts everything `config` describes. Queues are recovered before any listener opens.
     pub async fn start(config: Config) -> Result<Engine, EngineError> {
@@ -166,18 +178,33 @@ impl Engine {
             .collect();
 
         let mut sinks = HashMap::new();
-        for (name, sink) in &config.sinks {
-            let sink = Sink::start(name, sink).map_err(|source| EngineError::Sink {
+        let mut sink_infos = Vec::new();
+        for (name, sink_config) in &config.sinks {
+            let sink = Sink::start(name, sink_config).map_err(|source| EngineError::Sink {
                 sink: name.clone(),
                 source,
             })?;
-            sinks.insert(name.clone(), Arc::new(sink));
+            let counters = Arc::new(SinkCounters::default());
+            let (kind, target) = match sink_config {
+                SinkConfig::File { path } => ("file", path.display().to_string()),
+                SinkConfig::Http { url, .. } => ("http", url.clone()),
+                SinkConfig::Stdout => ("stdout", "<stdout>".to_owned()),
+                SinkConfig::Blackhole => ("blackhole", String::new()),
+            };
+            sink_infos.push(SinkInfo {
+                name: name.clone(),
+                kind,
+                target,
+                counters: counters.clone(),
+            });
+            sinks.insert(name.clone(), (Arc::new(sink), counters));
         }
 
         let (stop_workers, stop_workers_rx) = watch::channel(false);
         let mut pipelines = Vec::new();
         let mut pipeline_topology = Vec::new();
         let mut dead_letters = HashMap::new();
+        let mut pipeline_infos = Vec::new();
         for (name, p) in &config.pipelines {
             let mut inputs = Vec::new();
             for queue_name in &p.from {
@@ -211,7 +238,16 @@ impl Engine {
                 })?;
             let dlq = Arc::new(DeadLetters::new(&p.dead_letter, name, &p.sink, dlq_log));
             dead_letters.insert(name.clone(), dlq.clone());
-            let sink = sinks[&p.sink].clone();
+            let (sink, sink_counters) = sinks[&p.sink].clone();
+            let counters = Arc::new(PipelineCounters::default());
+            pipeline_infos.push(PipelineInfo {
+                name: name.clone(),
+                from: p.from.clone(),
+                sink: p.sink.clone(),
+                workers: p.workers,
+                dead_letters: dlq.clone(),
+                counters: counters.clone(),
+            });
             pipeline_topology.push((name.clone(), p.from.join(", "), sink.describe()));
             pipelines.push(Pipeline::start(
                 Setup {
@@ -225,6 +261,8 @@ impl Engine {
                     batch_events_max: p.batch_events_max,
                     starvation_max: p.starvation_max,
                     retry: p.retry,
+                    counters,
+                    sink_counters,
                 },
                 &stop_workers_rx,
             ));
@@ -234,11 +272,14 @@ impl Engine {
         let (stop_http, stop_http_rx) = watch::channel(false);
         let mut servers = Vec::new();
         let mut ingest_addrs = Vec::new();
+        let mut source_infos = Vec::new();
         for (name, source) in &config.sources {
             match source {
                 SourceConfig::Http(http) => {
+                    let counters = Arc::new(SourceCounters::default());
                     let state = Arc::new(ingest::IngestState {
                         source: name.clone(),
+                        counters: counters.clone(),
                         router: TypeRouter::new(&config),
                         queues: queues.clone(),
                         body_bytes_max: http.body_bytes_max.bytes(),
@@ -251,6 +292,11 @@ impl Engine {
                         source,
                     })?;
                     ingest_addrs.push((name.clone(), address));
+                    source_infos.push(SourceInfo {
+                        name: name.clone(),
+                        address: address.to_string(),
+                        counters,
+                    });
                     servers.push(serve(listener, ingest::router(state), stop_http_rx.clone()));
                 }
             }
@@ -268,7 +314,23 @@ impl Engine {
                 .find(|q| q.name == name)
                 .map(|q| q.log.clone())
         });
+        let queue_infos = queues
+            .iter()
+            .map(|q| {
+                let qc = &config.queues[&q.name];
+                QueueInfo {
+                    queue: q.clone(),
+                    durability: durability_name(qc.durability),
+                    max_events: qc.max_events,
+                    max_bytes: qc.max_bytes.bytes(),
+                    counters: q.counters.clone(),
+                }
+            })
+            .collect();
+        let stats = Registry::new(source_infos, queue_infos, pipeline_infos, sink_infos);
+        tokio::spawn(stats.clone().run(stop_workers_rx.clone()));
         let api_state = Arc::new(api::ApiState {
+            stats,
             accepting: accepting.clone(),
             metrics: metrics_handle(),
             dead_letters: dead_letters.clone(),
@@ -287,15 +349,10 @@ impl Engine {
                 .iter()
                 .map(|(name, q)| {
                     let types: Vec<&str> = q.types.iter().map(|t| t.as_str()).collect();
-                    let durability = match q.durability {
-                        Durability::Fsync => "fsync",
-                        Durability::Interval => "interval",
-                        Durability::Memory => "memory",
-                    };
                     (
                         name.clone(),
                         types.join(", "),
-                        durability,
+                        durability_name(q.durability),
                         queues::queue_dir(&config.data_dir, name),
                     )
                 })

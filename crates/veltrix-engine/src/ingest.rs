@@ -22,12 +22,14 @@ use veltrix_core::event::{self, DecodeError, Headers};
 use crate::problem::{EventProblem, Problem};
 use crate::queues::Queue;
 use crate::record;
+use crate::stats::SourceCounters;
 use veltrix_core::config::WhenFull;
 
 /// Shared by every ingest request.
 pub(crate) struct IngestState {
     /// The source's name (metrics label).
     pub(crate) source: String,
+    pub(crate) counters: Arc<SourceCounters>,
     pub(crate) router: TypeRouter,
     /// Indexed like the router's queue indices (config file order).
     pub(crate) queues: Vec<Queue>,
@@ -73,6 +75,9 @@ async fn post_events(
         Ok(Accepted { accepted, dropped }) => {
             metrics::counter!("veltrix_events_received_total", "source" => st.source.clone())
                 .increment(accepted as u64);
+            st.counters
+                .received
+                .fetch_add(accepted as u64, Ordering::Relaxed);
             let body = if dropped == 0 {
                 json!({ "accepted": accepted })
             } else {
@@ -81,6 +86,7 @@ async fn post_events(
             (StatusCode::ACCEPTED, axum::Json(body)).into_response()
         }
         Err(problem) => {
+            st.counters.rejected.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(
                 "veltrix_events_rejected_total",
                 "source" => st.source.clone(),
@@ -215,6 +221,10 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
                 return Err(append_problem(&queue.name, e));
             }
             dropped += batch.len();
+            queue
+                .counters
+                .dropped
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             count_drop(&queue.name, "queue_full", batch.len() as u64, &e);
             batch.clear();
         }
@@ -331,12 +341,14 @@ mod tests {
         .unwrap();
         let state = Arc::new(IngestState {
             source: "http".into(),
+            counters: Arc::default(),
             router: TypeRouter::new(&config),
             queues: vec![Queue {
                 name: "default".into(),
                 priority: 0,
                 when_full: WhenFull::Backpressure,
                 log,
+                counters: Arc::default(),
             }],
             body_bytes_max: 1024,
             accepting: Arc::new(AtomicBool::new(accepting)),

@@ -20,5 +20,6 @@ mod processors;
 mod queues;
 pub mod record;
 mod sink;
+mod stats;
 
 pub use engine::{Engine, EngineError, Topology};

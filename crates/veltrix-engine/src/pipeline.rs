@@ -21,6 +21,7 @@
 //! is left unacknowledged and is delivered again at the next start.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::future::select_all;
@@ -35,6 +36,7 @@ use crate::deadletter::{DeadLetters, Failure};
 use crate::processors::{Chain, Outcome};
 use crate::record;
 use crate::sink::{Retry, Sink};
+use crate::stats::{PipelineCounters, SinkCounters};
 
 /// Payload bytes one worker takes at once, besides `batch_events_max`.
 const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -124,6 +126,8 @@ struct Shared {
     dead_letters: Arc<DeadLetters>,
     batch_events_max: usize,
     retry: RetryConfig,
+    counters: Arc<PipelineCounters>,
+    sink_counters: Arc<SinkCounters>,
     last_warning: std::sync::Mutex<Option<Instant>>,
 }
 
@@ -137,7 +141,20 @@ impl Shared {
         }
     }
 
+    fn add_busy(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.counters
+            .busy_micros
+            .fetch_add(micros, Ordering::Relaxed);
+    }
+
     fn count(&self, outcome: &'static str, n: u64) {
+        let counter = match outcome {
+            "delivered" => &self.counters.delivered,
+            "filtered" => &self.counters.filtered,
+            _ => &self.counters.dead_lettered,
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
         if n > 0 {
             metrics::counter!("veltrix_pipeline_events_total", "pipeline" => self.name.clone(), "outcome" => outcome).increment(n);
         }
@@ -156,6 +173,8 @@ pub(crate) struct Setup {
     pub(crate) batch_events_max: usize,
     pub(crate) starvation_max: Duration,
     pub(crate) retry: RetryConfig,
+    pub(crate) counters: Arc<PipelineCounters>,
+    pub(crate) sink_counters: Arc<SinkCounters>,
 }
 
 /// A started pipeline; [`Pipeline::join`] waits for it after the stop signal.
@@ -177,6 +196,8 @@ impl Pipeline {
             batch_events_max,
             starvation_max,
             retry,
+            counters,
+            sink_counters,
         } = setup;
         inputs.sort_by_key(|i| i.priority);
         let ackers = inputs
@@ -198,6 +219,8 @@ impl Pipeline {
             dead_letters,
             batch_events_max,
             retry,
+            counters,
+            sink_counters,
             last_warning: std::sync::Mutex::new(None),
         });
         let workers = (0..workers.max(1))
@@ -250,6 +273,7 @@ async fn work(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             return;
         };
         let queue = &shared.ackers[input].0;
+        let processing = Instant::now();
         let mut out = Vec::with_capacity(records.iter().map(|r| r.payload.len()).sum());
         let mut emitted: Vec<&Record> = Vec::with_capacity(records.len());
         let mut dead: Vec<Vec<u8>> = Vec::new();
@@ -273,16 +297,24 @@ async fn work(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
+        let processed = processing.elapsed();
+        metrics::histogram!("veltrix_pipeline_processing_duration_seconds", "pipeline" => shared.name.clone())
+            .record(processed.as_secs_f64());
+        shared.add_busy(processed);
         if !emitted.is_empty() {
+            metrics::histogram!("veltrix_sink_batch_events", "sink" => shared.sink_name.clone())
+                .record(emitted.len() as f64);
             match deliver(&shared, out.into(), emitted.len() as u64, &mut stop).await {
                 Delivery::Delivered => {
                     shared.count("delivered", emitted.len() as u64);
                     let now = record::now_micros();
+                    let e2e = metrics::histogram!("veltrix_e2e_latency_seconds", "pipeline" => shared.name.clone());
                     for r in &emitted {
-                        let accepted = record::split(&r.payload).0;
-                        metrics::histogram!("veltrix_e2e_latency_seconds", "pipeline" => shared.name.clone())
-                            .record(now.saturating_sub(accepted) as f64 / 1e6);
+                        e2e.record(now.saturating_sub(record::split(&r.payload).0) as f64 / 1e6);
                     }
+                    shared
+                        .counters
+                        .record_latencies(emitted.iter().map(|r| record::split(&r.payload).0));
                 }
                 Delivery::Failed {
                     reason,
@@ -351,6 +383,10 @@ async fn deliver(
         attempt += 1;
         let started = Instant::now();
         let result = shared.sink.write(out.clone(), events).await;
+        shared
+            .sink_counters
+            .record_request(result.is_ok(), started.elapsed());
+        shared.add_busy(started.elapsed());
         let outcome = match &result {
             Ok(()) => "ok",
             Err(e) if e.retry == Retry::Permanent => "permanent",

@@ -1,10 +1,13 @@
 //! The queues: one `veltrix-log` log per configured queue, under `<data_dir>/queues/<name>`.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use veltrix_core::config::{Config, Durability, QueueConfig, WhenFull};
-use veltrix_log::{Log, LogOptions, RecoveryReport};
+use veltrix_log::{Log, LogOptions, Observer, RecoveryReport};
+
+use crate::stats::QueueCounters;
 
 use crate::engine::EngineError;
 
@@ -15,9 +18,34 @@ pub(crate) struct Queue {
     pub(crate) priority: u8,
     pub(crate) when_full: WhenFull,
     pub(crate) log: Log,
+    pub(crate) counters: Arc<QueueCounters>,
 }
 
-pub(crate) fn log_options(q: &QueueConfig) -> LogOptions {
+/// Publishes a queue's log activity as metrics.
+struct QueueObserver {
+    queue: String,
+}
+
+impl Observer for QueueObserver {
+    fn on_fsync(&self, elapsed: Duration) {
+        metrics::histogram!("veltrix_queue_fsync_duration_seconds", "queue" => self.queue.clone())
+            .record(elapsed.as_secs_f64());
+    }
+
+    fn on_commit(&self, records: u64, bytes: u64) {
+        metrics::counter!("veltrix_queue_appended_events_total", "queue" => self.queue.clone())
+            .increment(records);
+        metrics::counter!("veltrix_queue_appended_bytes_total", "queue" => self.queue.clone())
+            .increment(bytes);
+    }
+
+    fn on_quarantine(&self, records: u64) {
+        metrics::counter!("veltrix_queue_quarantined_events_total", "queue" => self.queue.clone())
+            .increment(records);
+    }
+}
+
+pub(crate) fn log_options(name: &str, q: &QueueConfig) -> LogOptions {
     let defaults = LogOptions::default();
     // `drop_oldest` makes room a whole segment at a time: keep segments small against the
     // bound so a drop frees room without discarding most of the queue.
@@ -43,6 +71,9 @@ pub(crate) fn log_options(q: &QueueConfig) -> LogOptions {
             .min(u32::try_from(segment_bytes / 2).unwrap_or(u32::MAX)),
         // Bounds redelivery after a crash to about this much work; one small ledger write each.
         cursor_sync_interval: Duration::from_millis(250),
+        observer: Some(Arc::new(QueueObserver {
+            queue: name.to_owned(),
+        })),
         ..defaults
     }
 }
@@ -56,7 +87,7 @@ pub(crate) fn open_all(config: &Config) -> Result<Vec<(Queue, RecoveryReport)>, 
         .map(|(name, q)| {
             let dir = root.join(name);
             let (log, report) =
-                Log::open(&dir, log_options(q)).map_err(|source| EngineError::Queue {
+                Log::open(&dir, log_options(name, q)).map_err(|source| EngineError::Queue {
                     queue: name.clone(),
                     dir: dir.clone(),
                     source,
@@ -67,6 +98,7 @@ pub(crate) fn open_all(config: &Config) -> Result<Vec<(Queue, RecoveryReport)>, 
                     priority: q.priority,
                     when_full: q.when_full,
                     log,
+                    counters: Arc::default(),
                 },
                 report,
             ))

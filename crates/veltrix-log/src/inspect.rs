@@ -432,6 +432,52 @@ fn verify_segments(
     })
 }
 
+impl Log {
+    /// The committed position of the slowest cursor, when it has records still to consume
+    /// (`None` with no cursors or when every cursor is caught up).
+    pub fn slowest_position(&self) -> Option<Position> {
+        let st = self.shared().lock();
+        st.cursors
+            .iter()
+            .flatten()
+            .map(|c| st.normalize(c.committed))
+            .min_by_key(|p| p.offset)
+            .filter(|p| p.offset < st.next_offset)
+    }
+
+    /// Reads the one record at `position` (e.g. to learn how long the oldest unconsumed event
+    /// has waited). `None` if it is not a valid record there (damaged, or gone).
+    pub fn read_at(&self, position: Position) -> Result<Option<Record>, Error> {
+        let shared = self.shared();
+        let limit = {
+            let st = shared.lock();
+            match st.segment_index(position.segment) {
+                Some(i) => st.segments[i].len,
+                None => return Ok(None),
+            }
+        };
+        let path = shared.segment_path(position.segment);
+        let file = match shared.fs.open(&path, false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("opening a segment", &path, e)),
+        };
+        let mut reader = SegmentReader::new(4096, shared.opts.record_bytes_max);
+        match reader
+            .next(file.as_ref(), position.pos, limit, position.offset)
+            .map_err(|e| Error::io("reading a segment", &path, e))?
+        {
+            Next::Record {
+                offset, payload, ..
+            } => Ok(Some(Record {
+                offset,
+                payload: Bytes::copy_from_slice(payload),
+            })),
+            Next::End | Next::Damaged => Ok(None),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

@@ -588,3 +588,28 @@ async fn drop_oldest_discards_a_whole_segment_and_moves_lagging_cursors() {
         "the active segment is never dropped"
     );
 }
+
+#[tokio::test]
+async fn the_slowest_cursor_s_next_record_can_be_read_without_consuming_it() {
+    let fs = SimFs::new();
+    let (log, _) = open(&fs, small());
+    let mut fast = log.cursor("fast").unwrap();
+    let mut slow = log.cursor("slow").unwrap();
+    append_range(&log, 0..30).await;
+    let read = drain(&mut fast);
+    fast.acker()
+        .ack_many(&read.iter().map(|r| r.offset).collect::<Vec<_>>())
+        .unwrap();
+    let read = drain(&mut slow);
+    slow.acker()
+        .ack_many(&read[..12].iter().map(|r| r.offset).collect::<Vec<_>>())
+        .unwrap();
+    let position = log.slowest_position().expect("slow lags");
+    assert_eq!(position.offset, 12);
+    let record = log.read_at(position).unwrap().expect("a record there");
+    check(&[record], [12]);
+    slow.acker()
+        .ack_many(&read[12..].iter().map(|r| r.offset).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(log.slowest_position(), None, "everyone caught up");
+}

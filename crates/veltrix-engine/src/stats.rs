@@ -1,0 +1,479 @@
+//! Live statistics: counters the hot path bumps (per batch, never per event where avoidable),
+//! and a sampler that once a second turns them into rates, percentiles and utilisation, keeps
+//! the last `HISTORY_MAX` samples for sparklines, publishes gauges to Prometheus, and renders
+//! the `GET /api/v1/stats` document (schema: `docs/stats-api.md`).
+//!
+//! Memory is bounded: one interval histogram per pipeline and per sink (reset every sample) and
+//! `HISTORY_MAX` samples per series.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::deadletter::DeadLetters;
+use crate::queues::Queue;
+use crate::record;
+
+/// One-second samples kept per series (5 minutes).
+const HISTORY_MAX: usize = 300;
+/// How often the sampler runs.
+pub(crate) const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// Histograms cover 1 µs to 1 hour with 2 significant digits.
+const HISTOGRAM_MAX_MICROS: u64 = 3_600_000_000;
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HISTOGRAM_MAX_MICROS, 2).expect("valid bounds")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counters of one HTTP source.
+#[derive(Default)]
+pub(crate) struct SourceCounters {
+    pub(crate) received: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+}
+
+/// Counters of one queue that the log does not keep itself.
+#[derive(Debug, Default)]
+pub(crate) struct QueueCounters {
+    pub(crate) dropped: AtomicU64,
+}
+
+/// Counters of one pipeline.
+pub(crate) struct PipelineCounters {
+    pub(crate) delivered: AtomicU64,
+    pub(crate) filtered: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    /// Worker time spent processing and delivering (not waiting for input or backing off).
+    pub(crate) busy_micros: AtomicU64,
+    /// End-to-end latencies (µs) since the last sample.
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for PipelineCounters {
+    fn default() -> Self {
+        PipelineCounters {
+            delivered: AtomicU64::new(0),
+            filtered: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            busy_micros: AtomicU64::new(0),
+            latency: Mutex::new(histogram()),
+        }
+    }
+}
+
+impl PipelineCounters {
+    /// Records the end-to-end latency of every event of a delivered batch (one lock per batch).
+    pub(crate) fn record_latencies(&self, accepted_micros: impl Iterator<Item = u64>) {
+        let now = record::now_micros();
+        let mut h = lock(&self.latency);
+        for accepted in accepted_micros {
+            let _ = h.record(now.saturating_sub(accepted).clamp(1, HISTOGRAM_MAX_MICROS));
+        }
+    }
+}
+
+/// Counters of one sink.
+pub(crate) struct SinkCounters {
+    pub(crate) ok: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    duration: Mutex<Histogram<u64>>,
+}
+
+impl Default for SinkCounters {
+    fn default() -> Self {
+        SinkCounters {
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            duration: Mutex::new(histogram()),
+        }
+    }
+}
+
+impl SinkCounters {
+    pub(crate) fn record_request(&self, ok: bool, took: Duration) {
+        if ok { &self.ok } else { &self.failed }.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let _ = lock(&self.duration).record(micros.clamp(1, HISTOGRAM_MAX_MICROS));
+    }
+}
+
+/// What is shown of a source.
+pub(crate) struct SourceInfo {
+    pub(crate) name: String,
+    pub(crate) address: String,
+    pub(crate) counters: Arc<SourceCounters>,
+}
+
+/// What is shown of a queue.
+pub(crate) struct QueueInfo {
+    pub(crate) queue: Queue,
+    pub(crate) durability: &'static str,
+    pub(crate) max_events: u64,
+    pub(crate) max_bytes: u64,
+    pub(crate) counters: Arc<QueueCounters>,
+}
+
+/// What is shown of a pipeline.
+pub(crate) struct PipelineInfo {
+    pub(crate) name: String,
+    pub(crate) from: Vec<String>,
+    pub(crate) sink: String,
+    pub(crate) workers: usize,
+    pub(crate) dead_letters: Arc<DeadLetters>,
+    pub(crate) counters: Arc<PipelineCounters>,
+}
+
+/// What is shown of a sink.
+pub(crate) struct SinkInfo {
+    pub(crate) name: String,
+    pub(crate) kind: &'static str,
+    pub(crate) target: String,
+    pub(crate) counters: Arc<SinkCounters>,
+}
+
+/// A bounded series of samples.
+#[derive(Default)]
+struct Series(VecDeque<Value>);
+
+impl Series {
+    fn push(&mut self, v: Value) {
+        if self.0.len() == HISTORY_MAX {
+            self.0.pop_front();
+        }
+        self.0.push_back(v);
+    }
+
+    fn json(&self) -> Value {
+        Value::Array(self.0.iter().cloned().collect())
+    }
+}
+
+/// The sampler's memory between samples.
+#[derive(Default)]
+struct Previous {
+    at: Option<Instant>,
+    counts: Vec<u64>,
+}
+
+/// Everything the stats are computed from.
+pub(crate) struct Registry {
+    pub(crate) started: Instant,
+    pub(crate) sources: Vec<SourceInfo>,
+    pub(crate) queues: Vec<QueueInfo>,
+    pub(crate) pipelines: Vec<PipelineInfo>,
+    pub(crate) sinks: Vec<SinkInfo>,
+    /// The last rendered document.
+    snapshot: RwLock<Value>,
+    history: Mutex<Vec<Series>>,
+    previous: Mutex<Previous>,
+}
+
+impl Registry {
+    pub(crate) fn new(
+        sources: Vec<SourceInfo>,
+        queues: Vec<QueueInfo>,
+        pipelines: Vec<PipelineInfo>,
+        sinks: Vec<SinkInfo>,
+    ) -> Arc<Registry> {
+        let registry = Arc::new(Registry {
+            started: Instant::now(),
+            sources,
+            queues,
+            pipelines,
+            sinks,
+            snapshot: RwLock::new(Value::Null),
+            history: Mutex::new(Vec::new()),
+            previous: Mutex::new(Previous::default()),
+        });
+        registry.sample();
+        registry
+    }
+
+    /// The latest `/api/v1/stats` document.
+    pub(crate) fn snapshot(&self) -> Value {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs the sampler until `stop`.
+    pub(crate) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.sample(),
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Takes one sample: rates from counter deltas, interval percentiles, gauges, history.
+    pub(crate) fn sample(&self) {
+        let now = Instant::now();
+        // Counters in a fixed order: sources (received, rejected), queues (appended), pipelines
+        // (delivered, busy µs).
+        let mut counts = Vec::new();
+        for s in &self.sources {
+            counts.push(s.counters.received.load(Ordering::Relaxed));
+        }
+        for q in &self.queues {
+            counts.push(q.queue.log.stats().appended_records);
+        }
+        for p in &self.pipelines {
+            counts.push(p.counters.delivered.load(Ordering::Relaxed));
+            counts.push(p.counters.busy_micros.load(Ordering::Relaxed));
+        }
+        let (elapsed, deltas) = {
+            let mut previous = lock(&self.previous);
+            let elapsed = previous.at.map(|at| now - at);
+            let deltas: Vec<u64> = if previous.counts.len() == counts.len() {
+                counts
+                    .iter()
+                    .zip(&previous.counts)
+                    .map(|(c, p)| c.saturating_sub(*p))
+                    .collect()
+            } else {
+                vec![0; counts.len()]
+            };
+            previous.at = Some(now);
+            previous.counts = counts;
+            (elapsed, deltas)
+        };
+        let seconds = elapsed.map_or(0.0, |e| e.as_secs_f64());
+        let rate = |delta: u64| {
+            if seconds > 0.0 {
+                delta as f64 / seconds
+            } else {
+                0.0
+            }
+        };
+        let mut deltas = deltas.into_iter();
+        let mut history = lock(&self.history);
+        let mut series = 0;
+        let mut push = |v: Value| -> Value {
+            if history.len() <= series {
+                history.push(Series::default());
+            }
+            history[series].push(v);
+            let out = history[series].json();
+            series += 1;
+            out
+        };
+
+        let queue_names: Vec<&str> = self.queues.iter().map(|q| q.queue.name.as_str()).collect();
+        let sources: Vec<Value> = self
+            .sources
+            .iter()
+            .map(|s| {
+                let r = rate(deltas.next().unwrap_or(0));
+                json!({
+                    "name": s.name, "address": s.address,
+                    "received_total": s.counters.received.load(Ordering::Relaxed),
+                    "rejected_total": s.counters.rejected.load(Ordering::Relaxed),
+                    "rate_per_second": r,
+                    "to_queues": queue_names,
+                    "history": { "rate_per_second": push(json!(r)) },
+                })
+            })
+            .collect();
+
+        let mut bottleneck: Option<(f64, &'static str, String)> = None;
+        let mut consider = |ratio: f64, kind: &'static str, name: &str| {
+            if ratio >= 0.01 && bottleneck.as_ref().is_none_or(|(b, ..)| ratio > *b) {
+                bottleneck = Some((ratio, kind, name.to_owned()));
+            }
+        };
+        let queues: Vec<Value> = self
+            .queues
+            .iter()
+            .map(|q| {
+                let r = rate(deltas.next().unwrap_or(0));
+                let info = q.queue.log.inspect();
+                let oldest_age = q
+                    .queue
+                    .log
+                    .slowest_position()
+                    .and_then(|p| q.queue.log.read_at(p).ok().flatten())
+                    .map_or(0.0, |rec| {
+                        record::age_seconds(record::split(&rec.payload).0)
+                    });
+                let fill = (info.backlog_records as f64 / q.max_events as f64)
+                    .max(info.backlog_bytes as f64 / q.max_bytes as f64);
+                consider(fill, "queue", &q.queue.name);
+                let name = q.queue.name.clone();
+                metrics::gauge!("veltrix_queue_depth_events", "queue" => name.clone())
+                    .set(info.backlog_records as f64);
+                metrics::gauge!("veltrix_queue_depth_bytes", "queue" => name.clone())
+                    .set(info.backlog_bytes as f64);
+                metrics::gauge!("veltrix_queue_oldest_age_seconds", "queue" => name.clone())
+                    .set(oldest_age);
+                metrics::gauge!("veltrix_queue_capacity_events", "queue" => name.clone())
+                    .set(q.max_events as f64);
+                metrics::gauge!("veltrix_queue_capacity_bytes", "queue" => name)
+                    .set(q.max_bytes as f64);
+                json!({
+                    "name": q.queue.name, "priority": q.queue.priority, "durability": q.durability,
+                    "when_full": format!("{:?}", q.queue.when_full).to_lowercase(),
+                    "depth_events": info.backlog_records, "depth_bytes": info.backlog_bytes,
+                    "max_events": q.max_events, "max_bytes": q.max_bytes, "fill_ratio": fill,
+                    "oldest_age_seconds": oldest_age,
+                    "appended_total": q.queue.log.stats().appended_records,
+                    "dropped_total": q.counters.dropped.load(Ordering::Relaxed),
+                    "rate_in_per_second": r,
+                    "history": {
+                        "depth_events": push(json!(info.backlog_records)),
+                        "rate_in_per_second": push(json!(r)),
+                    },
+                })
+            })
+            .collect();
+
+        let pipelines: Vec<Value> = self
+            .pipelines
+            .iter()
+            .map(|p| {
+                let r = rate(deltas.next().unwrap_or(0));
+                let busy = deltas.next().unwrap_or(0);
+                let busy_ratio = if seconds > 0.0 {
+                    (busy as f64 / 1e6 / (seconds * p.workers.max(1) as f64)).min(1.0)
+                } else {
+                    0.0
+                };
+                consider(busy_ratio, "pipeline", &p.name);
+                let (p50, p99) = {
+                    let mut h = lock(&p.counters.latency);
+                    let out = if h.is_empty() {
+                        (Value::Null, Value::Null)
+                    } else {
+                        (
+                            json!(h.value_at_quantile(0.5) as f64 / 1e6),
+                            json!(h.value_at_quantile(0.99) as f64 / 1e6),
+                        )
+                    };
+                    h.reset();
+                    out
+                };
+                metrics::gauge!("veltrix_pipeline_busy_ratio", "pipeline" => p.name.clone())
+                    .set(busy_ratio);
+                let dlq_depth = p.dead_letters.log.inspect().backlog_records;
+                metrics::gauge!("veltrix_dlq_depth_events", "pipeline" => p.name.clone())
+                    .set(dlq_depth as f64);
+                json!({
+                    "name": p.name, "from": p.from, "sink": p.sink, "workers": p.workers,
+                    "delivered_total": p.counters.delivered.load(Ordering::Relaxed),
+                    "filtered_total": p.counters.filtered.load(Ordering::Relaxed),
+                    "dead_lettered_total": p.counters.dead_lettered.load(Ordering::Relaxed),
+                    "retries_total": p.counters.retries.load(Ordering::Relaxed),
+                    "dlq_depth_events": dlq_depth,
+                    "rate_per_second": r,
+                    "latency_p50_seconds": p50, "latency_p99_seconds": p99,
+                    "busy_ratio": busy_ratio,
+                    "history": {
+                        "rate_per_second": push(json!(r)),
+                        "latency_p99_seconds": push(p99.clone()),
+                        "busy_ratio": push(json!(busy_ratio)),
+                    },
+                })
+            })
+            .collect();
+
+        let sinks: Vec<Value> = self
+            .sinks
+            .iter()
+            .map(|s| {
+                let p99 = {
+                    let mut h = lock(&s.counters.duration);
+                    let out = if h.is_empty() {
+                        Value::Null
+                    } else {
+                        json!(h.value_at_quantile(0.99) as f64 / 1e6)
+                    };
+                    h.reset();
+                    out
+                };
+                json!({
+                    "name": s.name, "type": s.kind, "target": s.target,
+                    "requests_ok_total": s.counters.ok.load(Ordering::Relaxed),
+                    "requests_failed_total": s.counters.failed.load(Ordering::Relaxed),
+                    "request_p99_seconds": p99,
+                })
+            })
+            .collect();
+        drop(history);
+
+        let process = process_stats();
+        metrics::gauge!("process_resident_memory_bytes").set(process.rss_bytes as f64);
+        metrics::counter!("process_cpu_seconds_total").absolute(process.cpu_seconds as u64);
+        metrics::gauge!("process_open_fds").set(process.open_fds as f64);
+        let document = json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.started.elapsed().as_secs_f64(),
+            "sample_interval_seconds": SAMPLE_INTERVAL.as_secs_f64(),
+            "process": {
+                "rss_bytes": process.rss_bytes,
+                "cpu_seconds_total": process.cpu_seconds,
+                "open_fds": process.open_fds,
+            },
+            "sources": sources,
+            "queues": queues,
+            "pipelines": pipelines,
+            "sinks": sinks,
+            "bottleneck": bottleneck.map(|(ratio, kind, name)| {
+                let key = if kind == "queue" { "fill_ratio" } else { "busy_ratio" };
+                json!({ "kind": kind, "name": name, key: ratio })
+            }),
+        });
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = document;
+    }
+}
+
+/// This process's resource use, from /proc (zeros where unavailable).
+#[derive(Default)]
+struct ProcessStats {
+    rss_bytes: u64,
+    cpu_seconds: f64,
+    open_fds: u64,
+}
+
+fn process_stats() -> ProcessStats {
+    let mut stats = ProcessStats::default();
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && let Some(kib) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    {
+        stats.rss_bytes = kib * 1024;
+    }
+    // Fields 14 and 15 of /proc/self/stat (after the parenthesised command name) are user and
+    // system time in clock ticks; Linux reports them at USER_HZ = 100.
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+        && let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r)
+    {
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        stats.cpu_seconds = (ticks(11) + ticks(12)) as f64 / 100.0;
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        stats.open_fds = dir.count() as u64;
+    }
+    stats
+}
