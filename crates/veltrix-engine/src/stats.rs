@@ -302,6 +302,14 @@ impl Registry {
             .map(|q| {
                 let r = rate(deltas.next().unwrap_or(0));
                 let info = q.queue.log.inspect();
+                // Unconsumed events: what the slowest consumer has not acknowledged yet (the
+                // log's own backlog also counts acknowledged-but-not-yet-persisted positions).
+                let depth_events = info
+                    .cursors
+                    .iter()
+                    .map(|c| c.lag_records)
+                    .max()
+                    .unwrap_or(info.backlog_records);
                 let oldest_age = q
                     .queue
                     .log
@@ -310,12 +318,12 @@ impl Registry {
                     .map_or(0.0, |rec| {
                         record::age_seconds(record::split(&rec.payload).0)
                     });
-                let fill = (info.backlog_records as f64 / q.max_events as f64)
+                let fill = (depth_events as f64 / q.max_events as f64)
                     .max(info.backlog_bytes as f64 / q.max_bytes as f64);
                 consider(fill, "queue", &q.queue.name);
                 let name = q.queue.name.clone();
                 metrics::gauge!("veltrix_queue_depth_events", "queue" => name.clone())
-                    .set(info.backlog_records as f64);
+                    .set(depth_events as f64);
                 metrics::gauge!("veltrix_queue_depth_bytes", "queue" => name.clone())
                     .set(info.backlog_bytes as f64);
                 metrics::gauge!("veltrix_queue_oldest_age_seconds", "queue" => name.clone())
@@ -327,14 +335,14 @@ impl Registry {
                 json!({
                     "name": q.queue.name, "priority": q.queue.priority, "durability": q.durability,
                     "when_full": format!("{:?}", q.queue.when_full).to_lowercase(),
-                    "depth_events": info.backlog_records, "depth_bytes": info.backlog_bytes,
+                    "depth_events": depth_events, "depth_bytes": info.backlog_bytes,
                     "max_events": q.max_events, "max_bytes": q.max_bytes, "fill_ratio": fill,
                     "oldest_age_seconds": oldest_age,
                     "appended_total": q.queue.log.stats().appended_records,
                     "dropped_total": q.counters.dropped.load(Ordering::Relaxed),
                     "rate_in_per_second": r,
                     "history": {
-                        "depth_events": push(json!(info.backlog_records)),
+                        "depth_events": push(json!(depth_events)),
                         "rate_in_per_second": push(json!(r)),
                     },
                 })
@@ -476,4 +484,145 @@ fn process_stats() -> ProcessStats {
         stats.open_fds = dir.count() as u64;
     }
     stats
+}
+
+/// Every metric the engine exports, with its help text (Prometheus `# HELP`) and unit. Called
+/// once, when the recorder is installed.
+pub(crate) fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "veltrix_events_received_total",
+        Unit::Count,
+        "Events accepted by ingest (202), by source."
+    );
+    describe_counter!(
+        "veltrix_events_rejected_total",
+        Unit::Count,
+        "Ingest requests refused, by source and reason (problem type)."
+    );
+    describe_counter!(
+        "veltrix_events_dropped_total",
+        Unit::Count,
+        "Events dropped, by queue and reason; intentional=\"true\" when a when_full policy says so."
+    );
+    describe_counter!(
+        "veltrix_queue_appended_events_total",
+        Unit::Count,
+        "Events made durable in a queue."
+    );
+    describe_counter!(
+        "veltrix_queue_appended_bytes_total",
+        Unit::Bytes,
+        "Framed bytes made durable in a queue."
+    );
+    describe_counter!(
+        "veltrix_queue_quarantined_events_total",
+        Unit::Count,
+        "Events skipped by readers because they sat in a damaged range of a queue's log."
+    );
+    describe_histogram!(
+        "veltrix_queue_fsync_duration_seconds",
+        Unit::Seconds,
+        "Duration of one fdatasync of a queue's log (one per group commit)."
+    );
+    describe_gauge!(
+        "veltrix_queue_depth_events",
+        Unit::Count,
+        "Events between the slowest consumer and the tail of a queue."
+    );
+    describe_gauge!(
+        "veltrix_queue_depth_bytes",
+        Unit::Bytes,
+        "Bytes between the slowest consumer and the tail of a queue."
+    );
+    describe_gauge!(
+        "veltrix_queue_oldest_age_seconds",
+        Unit::Seconds,
+        "How long the oldest unconsumed event of a queue has waited since it was accepted."
+    );
+    describe_gauge!(
+        "veltrix_queue_capacity_events",
+        Unit::Count,
+        "A queue's max_events bound."
+    );
+    describe_gauge!(
+        "veltrix_queue_capacity_bytes",
+        Unit::Bytes,
+        "A queue's max_bytes bound."
+    );
+    describe_counter!(
+        "veltrix_pipeline_events_total",
+        Unit::Count,
+        "Events a pipeline finished, by outcome: delivered, filtered, dead_lettered."
+    );
+    describe_counter!(
+        "veltrix_pipeline_retries_total",
+        Unit::Count,
+        "Sink attempts a pipeline retried."
+    );
+    describe_histogram!(
+        "veltrix_pipeline_processing_duration_seconds",
+        Unit::Seconds,
+        "Time a pipeline worker spent running the processors on one batch."
+    );
+    describe_histogram!(
+        "veltrix_e2e_latency_seconds",
+        Unit::Seconds,
+        "End-to-end latency of delivered events: accepted by ingest to confirmed by the sink."
+    );
+    describe_gauge!(
+        "veltrix_pipeline_busy_ratio",
+        Unit::Count,
+        "Share of a pipeline's worker time spent processing and delivering over the last second (1 = saturated)."
+    );
+    describe_gauge!(
+        "veltrix_dlq_depth_events",
+        Unit::Count,
+        "Events in a pipeline's dead-letter queue."
+    );
+    describe_counter!(
+        "veltrix_dlq_replayed_total",
+        Unit::Count,
+        "Dead-lettered events replayed into their queues."
+    );
+    describe_counter!(
+        "veltrix_dlq_purged_total",
+        Unit::Count,
+        "Dead-lettered events purged."
+    );
+    describe_counter!(
+        "veltrix_sink_requests_total",
+        Unit::Count,
+        "Sink writes, by outcome: ok, retryable, permanent."
+    );
+    describe_histogram!(
+        "veltrix_sink_request_duration_seconds",
+        Unit::Seconds,
+        "Duration of one sink write (round trip for http, write + fdatasync for file)."
+    );
+    describe_histogram!(
+        "veltrix_sink_batch_events",
+        Unit::Count,
+        "Events per sink write."
+    );
+    describe_gauge!(
+        "veltrix_sink_in_flight_requests",
+        Unit::Count,
+        "Sink writes in progress."
+    );
+    describe_gauge!(
+        "process_resident_memory_bytes",
+        Unit::Bytes,
+        "Resident memory of the engine process."
+    );
+    describe_counter!(
+        "process_cpu_seconds_total",
+        Unit::Seconds,
+        "CPU time (user + system) used by the engine process."
+    );
+    describe_gauge!(
+        "process_open_fds",
+        Unit::Count,
+        "Open file descriptors of the engine process."
+    );
 }
