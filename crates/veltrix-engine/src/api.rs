@@ -3,7 +3,7 @@
 //! `GET /api/v1/stats` (live statistics, `docs/stats-api.md`), and the
 //! dead-letter routes `GET /api/v1/dlq/{pipeline}?limit=N`, `POST /api/v1/dlq/{pipeline}/replay`
 //! (`{"ids": [...]}` or `{"all": true}`) and `POST /api/v1/dlq/{pipeline}/purge` (same body).
-//! When `[api] token` is set, `/metrics` and `/api/*` need `Authorization: Bearer <token>`,
+//! When `[api] token` is set, every route but `/healthz` needs `Authorization: Bearer <token>`,
 //! compared in constant time.
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +35,7 @@ pub(crate) struct ApiState {
 
 pub(crate) fn router(state: Arc<ApiState>) -> Router {
     let guarded = Router::new()
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/dlq/{pipeline}", get(dlq_list))
@@ -42,19 +43,10 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/dlq/{pipeline}/purge", post(dlq_purge))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
+        .route("/", get(crate::dashboard::index))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .merge(guarded)
         .with_state(state)
-}
-
-/// Constant-time equality: the time taken does not depend on where the strings differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff));
-    }
-    diff == 0
 }
 
 async fn require_token(
@@ -63,26 +55,12 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(token) = &st.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !same(given.as_bytes(), token.as_bytes()) {
-            let mut response = Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Unauthorized",
-                "this route needs `Authorization: Bearer <token>` with the [api] token",
-            )
-            .into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return response;
-        }
+    if let Some(token) = &st.token
+        && !crate::auth::bearer_matches(&headers, std::slice::from_ref(token))
+    {
+        return crate::auth::unauthorized(
+            "this route needs `Authorization: Bearer <token>` with the [api] token",
+        );
     }
     next.run(request).await
 }
@@ -245,18 +223,4 @@ async fn dlq_purge(
     dlq_take(&st, &pipeline, &body, true)
         .await
         .unwrap_or_else(IntoResponse::into_response)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison_is_exact() {
-        assert!(same(b"secret", b"secret"));
-        assert!(!same(b"secret", b"secreT"));
-        assert!(!same(b"secret", b"secret2"));
-        assert!(!same(b"", b"x"));
-        assert!(same(b"", b""));
-    }
 }

@@ -53,7 +53,9 @@ fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder is installed (an embedding program's): then ours
             // renders nothing, which is the embedder's choice.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                crate::stats::describe_metrics();
+            }
             handle
         })
         .clone()
@@ -283,6 +285,7 @@ impl Engine {
                         router: TypeRouter::new(&config),
                         queues: queues.clone(),
                         body_bytes_max: http.body_bytes_max.bytes(),
+                        tokens: http.tokens.clone(),
                         accepting: accepting.clone(),
                     });
                     let listener = bind(format!("source `{name}`"), http.address).await?;
@@ -327,6 +330,8 @@ impl Engine {
                 }
             })
             .collect();
+        let source_addresses: Vec<String> =
+            source_infos.iter().map(|s| s.address.clone()).collect();
         let stats = Registry::new(source_infos, queue_infos, pipeline_infos, sink_infos);
         tokio::spawn(stats.clone().run(stop_workers_rx.clone()));
         let api_state = Arc::new(api::ApiState {
@@ -339,6 +344,13 @@ impl Engine {
         });
         servers.push(serve(listener, api::router(api_state), stop_http_rx));
         accepting.store(true, Ordering::Release);
+        tracing::info!(
+            ingest = %source_addresses.join(", "),
+            admin = %api_addr,
+            queues = config.queues.len(),
+            pipelines = config.pipelines.len(),
+            "engine started"
+        );
 
         let topology = Topology {
             ingest: ingest_addrs,
@@ -417,6 +429,10 @@ impl Engine {
                     source,
                 });
             }
+        }
+        match &result {
+            Ok(()) => tracing::info!("engine stopped cleanly"),
+            Err(e) => tracing::error!(error = %e, "engine stopped with an error"),
         }
         result
     }

@@ -34,6 +34,8 @@ pub(crate) struct IngestState {
     /// Indexed like the router's queue indices (config file order).
     pub(crate) queues: Vec<Queue>,
     pub(crate) body_bytes_max: u64,
+    /// When non-empty, requests need one of these bearer tokens.
+    pub(crate) tokens: Vec<String>,
     /// False once shutdown began: requests get 503.
     pub(crate) accepting: Arc<AtomicBool>,
 }
@@ -71,6 +73,13 @@ async fn post_events(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if !st.tokens.is_empty() && !crate::auth::bearer_matches(&headers, &st.tokens) {
+        st.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("veltrix_events_rejected_total", "source" => st.source.clone(), "reason" => "unauthorized").increment(1);
+        return crate::auth::unauthorized(
+            "this source needs `Authorization: Bearer <token>` with one of its tokens",
+        );
+    }
     match ingest(&st, &headers, body).await {
         Ok(Accepted { accepted, dropped }) => {
             metrics::counter!("veltrix_events_received_total", "source" => st.source.clone())
@@ -177,6 +186,17 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
         });
     }
     let accepted_at = record::now_micros();
+    // One span per event (`veltrix::event`, enabled only when spans are exported), open until
+    // the event is durable.
+    let _spans: Vec<tracing::Span> = if tracing::enabled!(target: "veltrix::event", tracing::Level::TRACE)
+    {
+        events
+            .iter()
+            .map(|e| tracing::trace_span!(target: "veltrix::event", "veltrix.ingest", event.id = e.id(), event.type = e.ty(), source = %st.source))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut per_queue: Vec<Vec<Vec<u8>>> = vec![Vec::new(); st.queues.len()];
     let mut unroutable = Vec::new();
     for (index, event) in events.iter().enumerate() {
@@ -351,6 +371,7 @@ mod tests {
                 counters: Arc::default(),
             }],
             body_bytes_max: 1024,
+            tokens: Vec::new(),
             accepting: Arc::new(AtomicBool::new(accepting)),
         });
         let request = Request::post("/v1/events")

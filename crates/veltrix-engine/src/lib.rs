@@ -11,6 +11,8 @@
 //! nothing about events.
 
 mod api;
+mod auth;
+mod dashboard;
 mod deadletter;
 mod engine;
 mod ingest;

@@ -315,6 +315,7 @@ async fn work(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     shared
                         .counters
                         .record_latencies(emitted.iter().map(|r| record::split(&r.payload).0));
+                    trace_deliveries(&shared, &emitted);
                 }
                 Delivery::Failed {
                     reason,
@@ -361,6 +362,23 @@ async fn work(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// One span per delivered event (`veltrix::event`, enabled only when spans are exported), so an
+/// event can be followed from ingest to sink by its id.
+fn trace_deliveries(shared: &Shared, delivered: &[&Record]) {
+    if !tracing::enabled!(target: "veltrix::event", tracing::Level::TRACE) {
+        return;
+    }
+    #[derive(serde::Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        id: &'a str,
+    }
+    for r in delivered {
+        let id = serde_json::from_slice::<Id<'_>>(record::split(&r.payload).1).map_or("", |i| i.id);
+        let _span = tracing::trace_span!(target: "veltrix::event", "veltrix.deliver", event.id = id, pipeline = %shared.name, sink = %shared.sink_name).entered();
+    }
+}
+
 /// Upper bound of the wait before retry `n` (1-based): `backoff_initial × 2^(n-1)`, capped.
 fn backoff_cap(retry: &RetryConfig, n: u32) -> Duration {
     let factor = 2u32.saturating_pow(n.saturating_sub(1).min(30));
@@ -382,7 +400,11 @@ async fn deliver(
     loop {
         attempt += 1;
         let started = Instant::now();
+        let in_flight =
+            metrics::gauge!("veltrix_sink_in_flight_requests", "sink" => shared.sink_name.clone());
+        in_flight.increment(1.0);
         let result = shared.sink.write(out.clone(), events).await;
+        in_flight.decrement(1.0);
         shared
             .sink_counters
             .record_request(result.is_ok(), started.elapsed());

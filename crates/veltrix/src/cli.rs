@@ -31,6 +31,10 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Export per-event spans to this OpenTelemetry collector (OTLP/HTTP, e.g.
+    /// http://127.0.0.1:4318); needs a build with `--features otel`.
+    #[arg(long, global = true, env = "VELTRIX_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +96,20 @@ enum Command {
         api: ApiArgs,
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// A live terminal view of a running engine: queues, pipelines, sinks (`q` quits).
+    #[command(
+        after_help = "Keys: q/Esc/Ctrl-C quit, Tab switch table, ←/→ (or s) sort column, r reverse.\n\nExamples:\n  veltrix top\n  veltrix top --api http://127.0.0.1:8081 --interval 500ms\n  veltrix top -c examples/orders.toml --once"
+    )]
+    Top {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Time between refreshes.
+        #[arg(long, default_value = "1s", value_parser = humantime_duration)]
+        interval: std::time::Duration,
+        /// Print one plain-text snapshot to stdout and exit (for scripts).
+        #[arg(long)]
+        once: bool,
     },
 }
 
@@ -193,7 +211,17 @@ fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
 
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level, cli.log_format);
+    let _telemetry = match crate::telemetry::init(
+        &cli.log_level,
+        cli.log_format,
+        cli.otlp_endpoint.as_deref(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("veltrix: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let code = match cli.command {
         Command::Run {
             config,
@@ -238,21 +266,16 @@ pub(crate) fn main() -> ExitCode {
                 },
             }
         }
+        Command::Top {
+            api,
+            interval,
+            once,
+        } => match crate::dlq::Api::resolve(api.api.as_deref(), api.config.as_deref(), api.token) {
+            Err(code) => code,
+            Ok(target) => crate::top::top(&target, interval, once),
+        },
     };
     ExitCode::from(code)
-}
-
-fn init_logging(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 /// The number of CPU cores (for config warnings).

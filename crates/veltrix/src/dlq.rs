@@ -42,6 +42,16 @@ impl Api {
         Ok(Api { base, token })
     }
 
+    /// The admin API's base URL, without a trailing slash (`veltrix top`).
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The bearer token, when one is configured (`veltrix top`).
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let request = reqwest::Client::new().request(method, format!("{}{path}", self.base));
         match &self.token {

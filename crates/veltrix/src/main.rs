@@ -6,6 +6,8 @@ mod dlq;
 mod queue;
 mod run;
 mod send;
+mod telemetry;
+mod top;
 mod validate;
 
 use std::process::ExitCode;

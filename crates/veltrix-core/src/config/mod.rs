@@ -117,6 +117,8 @@ pub struct HttpSourceConfig {
     pub address: SocketAddr,
     /// Largest accepted request body; default 10 MiB.
     pub body_bytes_max: ByteSize,
+    /// When non-empty, a request needs `Authorization: Bearer <one of these>`.
+    pub tokens: Vec<String>,
 }
 
 /// `[queues.NAME]`.
@@ -308,6 +310,7 @@ impl Default for HttpSourceConfig {
         HttpSourceConfig {
             address: DEFAULT_HTTP_ADDRESS.parse().expect("valid default address"),
             body_bytes_max: ByteSize(DEFAULT_BODY_BYTES_MAX),
+            tokens: Vec::new(),
         }
     }
 }
@@ -455,7 +458,7 @@ type Key<'i> = Spanned<DeString<'i>>;
 
 const ROOT_KEYS: &[&str] = &["data_dir", "api", "sources", "queues", "pipelines", "sinks"];
 const API_KEYS: &[&str] = &["address", "token"];
-const HTTP_SOURCE_KEYS: &[&str] = &["type", "address", "body_bytes_max"];
+const HTTP_SOURCE_KEYS: &[&str] = &["type", "address", "body_bytes_max", "tokens"];
 const QUEUE_KEYS: &[&str] = &[
     "types",
     "priority",
@@ -960,6 +963,21 @@ impl Decoder<'_> {
             .and_then(|v| self.size(v, "body_bytes_max", 1, BODY_BYTES_MAX_MAX))
         {
             http.body_bytes_max = size;
+        }
+        if let Some(v) = get(table, "tokens")
+            && let Some(tokens) = self.strings(v, "tokens", false)
+        {
+            for (token, span) in tokens {
+                if token.is_empty() {
+                    self.error(
+                        span,
+                        "an empty token would let anyone in",
+                        Some("remove it".to_owned()),
+                    );
+                } else {
+                    http.tokens.push(token);
+                }
+            }
         }
         Some(SourceConfig::Http(http))
     }

@@ -708,3 +708,17 @@ fn a_dead_letter_queue_may_not_be_a_routable_queue() {
     let src = "[queues.q]\ntypes = [\"*\"]\n[pipelines.p]\nfrom = [\"q\"]\nsink = \"s\"\ndead_letter = \"q\"\n[sinks.s]\ntype = \"stdout\"\n";
     check_error(src, 6, 15, "names a routable queue");
 }
+
+#[test]
+fn an_http_source_may_require_tokens() {
+    let src = "[sources.http]\ntype = \"http\"\ntokens = [\"a\", \"b\"]\n";
+    let config = valid(src).config;
+    let SourceConfig::Http(http) = &config.sources["http"];
+    assert_eq!(http.tokens, ["a", "b"]);
+    check_error(
+        "[sources.http]\ntype = \"http\"\ntokens = [\"\"]\n",
+        3,
+        11,
+        "an empty token",
+    );
+}

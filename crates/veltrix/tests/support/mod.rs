@@ -26,14 +26,29 @@ pub struct Engine {
 
 impl Engine {
     pub fn start(config: &Path) -> Engine {
-        let mut child = Command::new(BIN)
+        Self::start_with(config, &[], None)
+    }
+
+    /// Starts with extra command-line arguments (before `run`) and, when `log` is given, the
+    /// engine's stderr (its log) written to that file at `info` level.
+    pub fn start_with(config: &Path, args: &[&str], log: Option<&Path>) -> Engine {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
             .args(["run", "-c"])
             .arg(config)
-            .env("VELTRIX_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn veltrix");
+            .stdout(Stdio::piped());
+        match log {
+            Some(path) => {
+                command
+                    .env("VELTRIX_LOG", "info")
+                    .stderr(std::fs::File::create(path).expect("log file"));
+            }
+            None => {
+                command.env("VELTRIX_LOG", "warn").stderr(Stdio::inherit());
+            }
+        }
+        let mut child = command.spawn().expect("spawn veltrix");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
