@@ -12,6 +12,8 @@ const CORES: usize = 2;
 #[derive(Debug)]
 struct Expected {
     severity: Severity,
+    /// The stable code, when the line gives one (`# expect-error[V004]: ...`).
+    code: Option<String>,
     line: usize,
     col: usize,
     fragment: String,
@@ -20,11 +22,19 @@ struct Expected {
 fn expectations(text: &str) -> Vec<Expected> {
     text.lines()
         .filter_map(|line| {
-            let (severity, rest) = if let Some(rest) = line.strip_prefix("# expect-error: ") {
+            let (severity, rest) = if let Some(rest) = line.strip_prefix("# expect-error") {
                 (Severity::Error, rest)
             } else {
-                (Severity::Warning, line.strip_prefix("# expect-warning: ")?)
+                (Severity::Warning, line.strip_prefix("# expect-warning")?)
             };
+            let (code, rest) = match rest.strip_prefix('[') {
+                Some(coded) => {
+                    let (code, rest) = coded.split_once(']').expect("`[CODE]`");
+                    (Some(code.to_owned()), rest)
+                }
+                None => (None, rest),
+            };
+            let rest = rest.strip_prefix(": ").expect("`: ` after the severity");
             let mut parts = rest.splitn(3, ':');
             let mut number = || parts.next().and_then(|p| p.trim().parse().ok());
             let (Some(line), Some(col)) = (number(), number()) else {
@@ -33,6 +43,7 @@ fn expectations(text: &str) -> Vec<Expected> {
             let fragment = parts.next().expect("a message fragment").trim().to_owned();
             Some(Expected {
                 severity,
+                code,
                 line,
                 col,
                 fragment,
@@ -58,7 +69,8 @@ fn check(path: &Path) {
     for (d, e) in diagnostics.iter().zip(&expected) {
         let ok = d.severity == e.severity
             && (d.line, d.col) == (e.line, e.col)
-            && d.message.contains(&e.fragment);
+            && d.message.contains(&e.fragment)
+            && e.code.as_deref().is_none_or(|c| d.code == Some(c));
         assert!(ok, "{}: expected {e:?}, got:\n{d}", path.display());
         assert_eq!(d.file, path.display().to_string());
         assert!(!d.snippet.is_empty(), "{d}");
@@ -92,7 +104,7 @@ fn a_missing_file_is_an_error_naming_it() {
     assert!(
         errors[0]
             .to_string()
-            .starts_with("/nonexistent/veltrix.toml:1:1: error: ")
+            .starts_with("/nonexistent/veltrix.toml:1:1: error[V001]: ")
     );
 }
 

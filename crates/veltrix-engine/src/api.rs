@@ -20,16 +20,16 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
 use crate::deadletter::{DeadLetters, LIST_MAX, QueueLookup};
+use crate::engine::{Reload, Reloader};
+use crate::live::Live;
 use crate::problem::Problem;
-use crate::stats::Registry;
 
 /// Shared by the admin routes.
 pub(crate) struct ApiState {
-    pub(crate) stats: Arc<Registry>,
+    pub(crate) live: Arc<Live>,
+    pub(crate) reloader: Arc<Reloader>,
     pub(crate) accepting: Arc<AtomicBool>,
     pub(crate) metrics: PrometheusHandle,
-    pub(crate) dead_letters: HashMap<String, Arc<DeadLetters>>,
-    pub(crate) queues: QueueLookup,
     pub(crate) token: Option<String>,
 }
 
@@ -41,6 +41,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/dlq/{pipeline}", get(dlq_list))
         .route("/api/v1/dlq/{pipeline}/replay", post(dlq_replay))
         .route("/api/v1/dlq/{pipeline}/purge", post(dlq_purge))
+        .route("/api/v1/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(crate::dashboard::index))
@@ -96,12 +97,23 @@ async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
 }
 
 async fn stats(State(st): State<Arc<ApiState>>) -> Response {
-    axum::Json(st.stats.snapshot()).into_response()
+    match st.live.stats() {
+        Some(stats) => axum::Json(stats.snapshot()).into_response(),
+        None => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting",
+            "Starting",
+            "no statistics yet",
+        )
+        .retry_after(1)
+        .into_response(),
+    }
 }
 
 fn dlq_of(st: &ApiState, pipeline: &str) -> Result<Arc<DeadLetters>, Problem> {
-    st.dead_letters.get(pipeline).cloned().ok_or_else(|| {
-        let mut known: Vec<&str> = st.dead_letters.keys().map(String::as_str).collect();
+    let dlqs = st.live.dead_letters();
+    dlqs.get(pipeline).cloned().ok_or_else(|| {
+        let mut known: Vec<&str> = dlqs.keys().map(String::as_str).collect();
         known.sort_unstable();
         Problem::new(
             StatusCode::NOT_FOUND,
@@ -193,7 +205,7 @@ async fn dlq_take(
     let dlq = dlq_of(st, pipeline)?;
     let ids = selection(body)?;
     let outcome = dlq
-        .take(ids.as_ref(), purge, &st.queues)
+        .take(ids.as_ref(), purge, &queue_lookup(&st.live))
         .await
         .map_err(|e| storage_problem(&dlq.name, &e))?;
     Ok(axum::Json(json!({
@@ -223,4 +235,46 @@ async fn dlq_purge(
     dlq_take(&st, &pipeline, &body, true)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+fn queue_lookup(live: &Arc<Live>) -> QueueLookup {
+    let live = live.clone();
+    Arc::new(move |name: &str| live.queue_log(name))
+}
+
+/// `POST /api/v1/reload[?force=true]`: validate and apply the config file again.
+async fn reload(
+    State(st): State<Arc<ApiState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let force = query.get("force").is_some_and(|v| v == "true" || v == "1");
+    match st.reloader.reload(force).await {
+        Reload::Applied(changes) => axum::Json(json!({
+            "status": "applied",
+            "changed": !changes.is_empty(),
+            "changes": changes.to_json(),
+        }))
+        .into_response(),
+        Reload::Invalid(diagnostics) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-config",
+            "Invalid config",
+            format!("the new config is invalid; the running one keeps going:\n{diagnostics}"),
+        )
+        .into_response(),
+        Reload::Refused(why) => Problem::new(
+            StatusCode::CONFLICT,
+            "reload-refused",
+            "Reload refused",
+            format!("{why}; the running config keeps going"),
+        )
+        .into_response(),
+        Reload::Failed(why) => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reload-failed",
+            "Reload failed",
+            why,
+        )
+        .into_response(),
+    }
 }

@@ -1,39 +1,27 @@
-//! The engine's lifecycle: [`Engine::start`] opens the queues (recovering them), starts the sinks,
-//! the pipelines and the HTTP listeners; [`Engine::shutdown`] stops accepting (503), lets
-//! in-flight requests and batches finish within a grace period, persists the cursors and closes
-//! the queues.
+//! The engine's lifecycle: [`Engine::start`] recovers the queues and starts the sinks and
+//! pipelines (a reconcile from nothing, see `components.rs`), then the HTTP listeners;
+//! [`Engine::reload`] validates a new config and reconciles to it with the same code;
+//! [`Engine::shutdown`] stops accepting (503), lets in-flight requests and batches finish within
+//! a grace period, persists the cursors and closes the queues.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use veltrix_core::config::{Config, Durability, Router as TypeRouter, SinkConfig, SourceConfig};
-
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use veltrix_log::{Log, LogOptions};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+use veltrix_core::config::{self, Config, Router as TypeRouter, SourceConfig};
 
-use crate::deadletter::{DeadLetters, QueueLookup};
-use crate::pipeline::{Input, Pipeline, Setup};
-use crate::processors::Chain;
-use crate::queues::{self, Queue};
-use crate::sink::Sink;
-use crate::stats::{
-    PipelineCounters, PipelineInfo, QueueInfo, Registry, SinkCounters, SinkInfo, SourceCounters,
-    SourceInfo,
-};
+use crate::components::{Changes, Running, durability_name};
+use crate::live::{Live, Routing};
+use crate::queues;
+use crate::stats::{Registry, SAMPLE_INTERVAL, SourceCounters, SourceInfo};
 use crate::{api, ingest};
-
-/// Bounds of a pipeline's dead-letter queue.
-const DLQ_MAX_BYTES: u64 = 256 * 1024 * 1024;
-const DLQ_MAX_EVENTS: u64 = 1_000_000;
-const DLQ_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Latency buckets (seconds): 100 µs to 30 s, roughly ×2.5 apart.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -42,7 +30,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// The process-wide metrics recorder (installed once; several engines in one process share it).
-fn metrics_handle() -> PrometheusHandle {
+pub(crate) fn metrics_handle() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -61,7 +49,7 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Why the engine could not start or stop cleanly.
+/// Why the engine could not start, reload or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot create the data directory {dir}: {source}")]
@@ -91,6 +79,9 @@ pub enum EngineError {
         queue: String,
         source: veltrix_log::Error,
     },
+    /// A reload asked for something that cannot be done while running.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// What is running where (for the startup banner and tests).
@@ -107,26 +98,120 @@ pub struct Topology {
     pub pipelines: Vec<(String, String, String)>,
 }
 
+/// The outcome of a reload.
+#[derive(Debug, Clone)]
+pub enum Reload {
+    /// The new config is running; what changed.
+    Applied(Changes),
+    /// The new config is invalid (diagnostics, one per line); nothing changed.
+    Invalid(String),
+    /// The new config asks for something that cannot be done live; nothing changed.
+    Refused(String),
+    /// Applying failed midway (an I/O error); the log says what is running.
+    Failed(String),
+}
+
+/// Performs reloads, one at a time; shared by the engine handle, the admin API and signals.
+pub(crate) struct Reloader {
+    running: Mutex<Running>,
+    live: Arc<Live>,
+    config_path: Option<PathBuf>,
+    cores: usize,
+    sources: Vec<(String, String, Arc<SourceCounters>)>,
+}
+
+impl Reloader {
+    /// Re-reads the config file (the built-in default has none: nothing to reload), validates
+    /// it and reconciles to it. `force` allows removing queues that still hold events.
+    pub(crate) async fn reload(&self, force: bool) -> Reload {
+        let outcome = match &self.config_path {
+            None => Reload::Refused(
+                "running the built-in default config: there is no file to reload".to_owned(),
+            ),
+            Some(path) => match config::load(path, self.cores) {
+                Err(diagnostics) => Reload::Invalid(
+                    diagnostics
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ),
+                Ok(loaded) => {
+                    let mut running = self.running.lock().await;
+                    match running.reconcile(&loaded.config, force, &self.live).await {
+                        Ok(changes) => {
+                            self.rebuild_stats(&running);
+                            Reload::Applied(changes)
+                        }
+                        Err(EngineError::Refused(why)) => Reload::Refused(why),
+                        Err(e) => {
+                            self.rebuild_stats(&running);
+                            Reload::Failed(e.to_string())
+                        }
+                    }
+                }
+            },
+        };
+        let (label, ok) = match &outcome {
+            Reload::Applied(changes) => {
+                tracing::info!(changes = %changes.to_json(), "config reloaded");
+                ("applied", true)
+            }
+            Reload::Invalid(why) => {
+                tracing::warn!(reason = %why, "config reload rejected: the new config is invalid; the running one keeps going");
+                ("invalid", false)
+            }
+            Reload::Refused(why) => {
+                tracing::warn!(reason = %why, "config reload refused; the running config keeps going");
+                ("refused", false)
+            }
+            Reload::Failed(why) => {
+                tracing::error!(reason = %why, "config reload failed midway");
+                ("failed", false)
+            }
+        };
+        metrics::counter!("veltrix_config_reloads_total", "outcome" => label).increment(1);
+        metrics::gauge!("veltrix_config_last_reload_success").set(if ok { 1.0 } else { 0.0 });
+        metrics::gauge!("veltrix_config_last_reload_timestamp_seconds")
+            .set(crate::record::now_micros() as f64 / 1e6);
+        outcome
+    }
+
+    fn rebuild_stats(&self, running: &Running) {
+        let (queues, pipelines, sinks) = running.stats_parts();
+        let sources = self
+            .sources
+            .iter()
+            .map(|(name, address, counters)| SourceInfo {
+                name: name.clone(),
+                address: address.clone(),
+                counters: counters.clone(),
+            })
+            .collect();
+        self.live
+            .set_stats(Registry::new(sources, queues, pipelines, sinks));
+    }
+}
+
 /// A running engine.
 pub struct Engine {
     topology: Topology,
     accepting: Arc<AtomicBool>,
     stop_http: watch::Sender<bool>,
-    stop_workers: watch::Sender<bool>,
+    stop_sampler: watch::Sender<bool>,
     servers: Vec<JoinHandle<io::Result<()>>>,
-    pipelines: Vec<Pipeline>,
-    queues: Vec<Queue>,
-    dead_letters: Vec<Arc<DeadLetters>>,
+    reloader: Arc<Reloader>,
 }
 
-async fn bind(what: String, address: SocketAddr) -> Result<TcpListener, EngineError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| EngineError::Bind {
-            what,
-            address,
-            source,
-        })
+async fn bind(what: String, address: SocketAddr) -> Result<(TcpListener, SocketAddr), EngineError> {
+    let err = |source| EngineError::Bind {
+        what: what.clone(),
+        address,
+        source,
+    };
+    let listener = TcpListener::bind(address).await.map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok((listener, bound))
 }
 
 fn serve(
@@ -143,138 +228,28 @@ fn serve(
     })
 }
 
-fn durability_name(d: Durability) -> &'static str {
-    match d {
-        Durability::Fsync => "fsync",
-        Durability::Interval => "interval",
-        Durability::Memory => "memory",
-    }
-}
-
 impl Engine {
     /// Starts everything `config` describes. Queues are recovered before any listener opens.
-    pub async fn start(config: Config) -> Result<Engine, EngineError> {
+    /// `config_path` is where reloads re-read the config (`None`: the built-in default).
+    pub async fn start(config: Config, config_path: Option<&Path>) -> Result<Engine, EngineError> {
+        // Install the recorder before anything records (the first stats sample included).
+        let metrics = metrics_handle();
         std::fs::create_dir_all(&config.data_dir).map_err(|source| EngineError::DataDir {
             dir: config.data_dir.clone(),
             source,
         })?;
-        let mut queues = Vec::new();
-        for (queue, report) in queues::open_all(&config)? {
-            tracing::info!(
-                queue = %queue.name,
-                segments = report.segments,
-                next_offset = report.next_offset,
-                bytes_truncated = report.bytes_truncated,
-                records_quarantined = report.records_quarantined,
-                cursors_reset = report.cursors_reset.len(),
-                ledger_error = report.ledger_error.as_deref().unwrap_or("none"),
-                elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
-                "queue recovered"
-            );
-            queues.push(queue);
-        }
-        let queue_index: HashMap<&str, usize> = queues
-            .iter()
-            .enumerate()
-            .map(|(i, q)| (q.name.as_str(), i))
-            .collect();
-
-        let mut sinks = HashMap::new();
-        let mut sink_infos = Vec::new();
-        for (name, sink_config) in &config.sinks {
-            let sink = Sink::start(name, sink_config).map_err(|source| EngineError::Sink {
-                sink: name.clone(),
-                source,
-            })?;
-            let counters = Arc::new(SinkCounters::default());
-            let (kind, target) = match sink_config {
-                SinkConfig::File { path } => ("file", path.display().to_string()),
-                SinkConfig::Http { url, .. } => ("http", url.clone()),
-                SinkConfig::Stdout => ("stdout", "<stdout>".to_owned()),
-                SinkConfig::Blackhole => ("blackhole", String::new()),
-            };
-            sink_infos.push(SinkInfo {
-                name: name.clone(),
-                kind,
-                target,
-                counters: counters.clone(),
-            });
-            sinks.insert(name.clone(), (Arc::new(sink), counters));
-        }
-
-        let (stop_workers, stop_workers_rx) = watch::channel(false);
-        let mut pipelines = Vec::new();
-        let mut pipeline_topology = Vec::new();
-        let mut dead_letters = HashMap::new();
-        let mut pipeline_infos = Vec::new();
-        for (name, p) in &config.pipelines {
-            let mut inputs = Vec::new();
-            for queue_name in &p.from {
-                let queue = &queues[queue_index[queue_name.as_str()]];
-                let cursor = queue
-                    .log
-                    .cursor(name)
-                    .map_err(|source| EngineError::Cursor {
-                        pipeline: name.clone(),
-                        queue: queue_name.clone(),
-                        source,
-                    })?;
-                inputs.push(Input {
-                    queue: queue_name.clone(),
-                    priority: queue.priority,
-                    cursor,
-                });
-            }
-            let dlq_dir = queues::queue_dir(&config.data_dir, &p.dead_letter);
-            let dlq_options = LogOptions {
-                max_bytes: DLQ_MAX_BYTES,
-                max_records: DLQ_MAX_EVENTS,
-                segment_bytes: DLQ_SEGMENT_BYTES,
-                ..LogOptions::default()
-            };
-            let (dlq_log, _) =
-                Log::open(&dlq_dir, dlq_options).map_err(|source| EngineError::Queue {
-                    queue: p.dead_letter.clone(),
-                    dir: dlq_dir.clone(),
-                    source,
-                })?;
-            let dlq = Arc::new(DeadLetters::new(&p.dead_letter, name, &p.sink, dlq_log));
-            dead_letters.insert(name.clone(), dlq.clone());
-            let (sink, sink_counters) = sinks[&p.sink].clone();
-            let counters = Arc::new(PipelineCounters::default());
-            pipeline_infos.push(PipelineInfo {
-                name: name.clone(),
-                from: p.from.clone(),
-                sink: p.sink.clone(),
-                workers: p.workers,
-                dead_letters: dlq.clone(),
-                counters: counters.clone(),
-            });
-            pipeline_topology.push((name.clone(), p.from.join(", "), sink.describe()));
-            pipelines.push(Pipeline::start(
-                Setup {
-                    name: name.clone(),
-                    inputs,
-                    chain: Chain::new(p.processors.clone()),
-                    sink_name: p.sink.clone(),
-                    sink,
-                    dead_letters: dlq,
-                    workers: p.workers,
-                    batch_events_max: p.batch_events_max,
-                    starvation_max: p.starvation_max,
-                    retry: p.retry,
-                    counters,
-                    sink_counters,
-                },
-                &stop_workers_rx,
-            ));
-        }
+        let live = Arc::new(Live::new(Routing {
+            router: TypeRouter::new(&config),
+            queues: Vec::new(),
+        }));
+        let mut running = Running::empty();
+        running.reconcile(&config, false, &live).await?;
 
         let accepting = Arc::new(AtomicBool::new(false));
         let (stop_http, stop_http_rx) = watch::channel(false);
         let mut servers = Vec::new();
         let mut ingest_addrs = Vec::new();
-        let mut source_infos = Vec::new();
+        let mut sources = Vec::new();
         for (name, source) in &config.sources {
             match source {
                 SourceConfig::Http(http) => {
@@ -282,79 +257,22 @@ impl Engine {
                     let state = Arc::new(ingest::IngestState {
                         source: name.clone(),
                         counters: counters.clone(),
-                        router: TypeRouter::new(&config),
-                        queues: queues.clone(),
+                        live: live.clone(),
                         body_bytes_max: http.body_bytes_max.bytes(),
                         tokens: http.tokens.clone(),
                         accepting: accepting.clone(),
                     });
-                    let listener = bind(format!("source `{name}`"), http.address).await?;
-                    let address = listener.local_addr().map_err(|source| EngineError::Bind {
-                        what: format!("source `{name}`"),
-                        address: http.address,
-                        source,
-                    })?;
+                    let (listener, address) =
+                        bind(format!("source `{name}`"), http.address).await?;
                     ingest_addrs.push((name.clone(), address));
-                    source_infos.push(SourceInfo {
-                        name: name.clone(),
-                        address: address.to_string(),
-                        counters,
-                    });
+                    sources.push((name.clone(), address.to_string(), counters));
                     servers.push(serve(listener, ingest::router(state), stop_http_rx.clone()));
                 }
             }
         }
-        let listener = bind("the admin API".to_owned(), config.api.address).await?;
-        let api_addr = listener.local_addr().map_err(|source| EngineError::Bind {
-            what: "the admin API".to_owned(),
-            address: config.api.address,
-            source,
-        })?;
-        let lookup_queues = queues.clone();
-        let queue_lookup: QueueLookup = Arc::new(move |name: &str| {
-            lookup_queues
-                .iter()
-                .find(|q| q.name == name)
-                .map(|q| q.log.clone())
-        });
-        let queue_infos = queues
-            .iter()
-            .map(|q| {
-                let qc = &config.queues[&q.name];
-                QueueInfo {
-                    queue: q.clone(),
-                    durability: durability_name(qc.durability),
-                    max_events: qc.max_events,
-                    max_bytes: qc.max_bytes.bytes(),
-                    counters: q.counters.clone(),
-                }
-            })
-            .collect();
-        let source_addresses: Vec<String> =
-            source_infos.iter().map(|s| s.address.clone()).collect();
-        let stats = Registry::new(source_infos, queue_infos, pipeline_infos, sink_infos);
-        tokio::spawn(stats.clone().run(stop_workers_rx.clone()));
-        let api_state = Arc::new(api::ApiState {
-            stats,
-            accepting: accepting.clone(),
-            metrics: metrics_handle(),
-            dead_letters: dead_letters.clone(),
-            queues: queue_lookup,
-            token: config.api.token.clone(),
-        });
-        servers.push(serve(listener, api::router(api_state), stop_http_rx));
-        accepting.store(true, Ordering::Release);
-        tracing::info!(
-            ingest = %source_addresses.join(", "),
-            admin = %api_addr,
-            queues = config.queues.len(),
-            pipelines = config.pipelines.len(),
-            "engine started"
-        );
-
         let topology = Topology {
             ingest: ingest_addrs,
-            api: api_addr,
+            api: config.api.address,
             data_dir: config.data_dir.clone(),
             queues: config
                 .queues
@@ -369,23 +287,76 @@ impl Engine {
                     )
                 })
                 .collect(),
-            pipelines: pipeline_topology,
+            pipelines: running.describe_pipelines(),
         };
+        let reloader = Arc::new(Reloader {
+            running: Mutex::new(running),
+            live: live.clone(),
+            config_path: config_path.map(Path::to_path_buf),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            sources,
+        });
+        reloader.rebuild_stats(&*reloader.running.lock().await);
+        let (stop_sampler, mut stop_sampler_rx) = watch::channel(false);
+        let sampler_live = live.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await; // the registry sampled when it was built
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Some(stats) = sampler_live.stats() {
+                            stats.sample();
+                        }
+                    }
+                    _ = stop_sampler_rx.changed() => return,
+                }
+            }
+        });
+        metrics::gauge!("veltrix_config_last_reload_success").set(1.0);
+        metrics::counter!("veltrix_config_reloads_total", "outcome" => "applied").increment(0);
+
+        let (listener, api_addr) = bind("the admin API".to_owned(), config.api.address).await?;
+        let api_state = Arc::new(api::ApiState {
+            live,
+            accepting: accepting.clone(),
+            metrics,
+            token: config.api.token.clone(),
+            reloader: reloader.clone(),
+        });
+        servers.push(serve(listener, api::router(api_state), stop_http_rx));
+        accepting.store(true, Ordering::Release);
+        let ingest_list: Vec<String> = topology.ingest.iter().map(|(_, a)| a.to_string()).collect();
+        tracing::info!(
+            ingest = %ingest_list.join(", "),
+            admin = %api_addr,
+            queues = config.queues.len(),
+            pipelines = config.pipelines.len(),
+            "engine started"
+        );
         Ok(Engine {
-            topology,
+            topology: Topology {
+                api: api_addr,
+                ..topology
+            },
             accepting,
             stop_http,
-            stop_workers,
+            stop_sampler,
             servers,
-            pipelines,
-            queues,
-            dead_letters: dead_letters.into_values().collect(),
+            reloader,
         })
     }
 
-    /// What runs where.
+    /// What runs where (as started; reloads may change queues and pipelines).
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// Re-reads and applies the config file (see [`Reload`]); `force` allows removing queues
+    /// that still hold events (their files stay on disk).
+    pub async fn reload(&self, force: bool) -> Reload {
+        self.reloader.reload(force).await
     }
 
     /// Stops accepting (ingest answers 503 from now on), waits up to `grace` for in-flight
@@ -408,28 +379,8 @@ impl Engine {
                 }
             }
         }
-        let _ = self.stop_workers.send(true);
-        for pipeline in self.pipelines {
-            pipeline.join(deadline).await;
-        }
-        let mut result = Ok(());
-        for dlq in self.dead_letters {
-            if let Err(source) = dlq.log.clone().close() {
-                result = Err(EngineError::Close {
-                    queue: dlq.name.clone(),
-                    source,
-                });
-            }
-        }
-        for queue in self.queues {
-            if let Err(source) = queue.log.close() {
-                tracing::error!(queue = %queue.name, error = %source, "closing a queue failed");
-                result = Err(EngineError::Close {
-                    queue: queue.name,
-                    source,
-                });
-            }
-        }
+        let _ = self.stop_sampler.send(true);
+        let result = self.reloader.running.lock().await.stop(deadline).await;
         match &result {
             Ok(()) => tracing::info!("engine stopped cleanly"),
             Err(e) => tracing::error!(error = %e, "engine stopped with an error"),

@@ -16,9 +16,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::json;
-use veltrix_core::config::Router as TypeRouter;
 use veltrix_core::event::{self, DecodeError, Headers};
 
+use crate::live::Live;
 use crate::problem::{EventProblem, Problem};
 use crate::queues::Queue;
 use crate::record;
@@ -30,9 +30,8 @@ pub(crate) struct IngestState {
     /// The source's name (metrics label).
     pub(crate) source: String,
     pub(crate) counters: Arc<SourceCounters>,
-    pub(crate) router: TypeRouter,
-    /// Indexed like the router's queue indices (config file order).
-    pub(crate) queues: Vec<Queue>,
+    /// Routing and queues (swapped by reloads).
+    pub(crate) live: Arc<Live>,
     pub(crate) body_bytes_max: u64,
     /// When non-empty, requests need one of these bearer tokens.
     pub(crate) tokens: Vec<String>,
@@ -185,6 +184,7 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
             dropped: 0,
         });
     }
+    let routing = st.live.routing();
     let accepted_at = record::now_micros();
     // One span per event (`veltrix::event`, enabled only when spans are exported), open until
     // the event is durable.
@@ -197,10 +197,10 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
     } else {
         Vec::new()
     };
-    let mut per_queue: Vec<Vec<Vec<u8>>> = vec![Vec::new(); st.queues.len()];
+    let mut per_queue: Vec<Vec<Vec<u8>>> = vec![Vec::new(); routing.queues.len()];
     let mut unroutable = Vec::new();
     for (index, event) in events.iter().enumerate() {
-        match st.router.route(event.ty()) {
+        match routing.router.route(event.ty()) {
             Some(queue) => {
                 let mut stored = Vec::with_capacity(256);
                 record::begin(&mut stored, accepted_at);
@@ -230,7 +230,7 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
     // earlier queues keep their share and the client's retry deduplicates by id). Queues that
     // prefer loss to pushback make room or drop here instead.
     let mut dropped = 0;
-    for (queue, batch) in st.queues.iter().zip(per_queue.iter_mut()) {
+    for (queue, batch) in routing.queues.iter().zip(per_queue.iter_mut()) {
         if batch.is_empty() {
             continue;
         }
@@ -250,7 +250,7 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
         }
     }
     let mut tickets = Vec::new();
-    for (queue, batch) in st.queues.iter().zip(&per_queue) {
+    for (queue, batch) in routing.queues.iter().zip(&per_queue) {
         if batch.is_empty() {
             continue;
         }
@@ -359,10 +359,8 @@ mod tests {
             },
         )
         .unwrap();
-        let state = Arc::new(IngestState {
-            source: "http".into(),
-            counters: Arc::default(),
-            router: TypeRouter::new(&config),
+        let live = Live::new(crate::live::Routing {
+            router: veltrix_core::config::Router::new(&config),
             queues: vec![Queue {
                 name: "default".into(),
                 priority: 0,
@@ -370,6 +368,11 @@ mod tests {
                 log,
                 counters: Arc::default(),
             }],
+        });
+        let state = Arc::new(IngestState {
+            source: "http".into(),
+            counters: Arc::default(),
+            live: Arc::new(live),
             body_bytes_max: 1024,
             tokens: Vec::new(),
             accepting: Arc::new(AtomicBool::new(accepting)),

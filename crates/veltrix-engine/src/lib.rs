@@ -12,10 +12,12 @@
 
 mod api;
 mod auth;
+mod components;
 mod dashboard;
 mod deadletter;
 mod engine;
 mod ingest;
+mod live;
 mod pipeline;
 mod problem;
 mod processors;
@@ -23,5 +25,7 @@ mod queues;
 pub mod record;
 mod sink;
 mod stats;
+pub mod testing;
 
-pub use engine::{Engine, EngineError, Topology};
+pub use components::{Changes, Delta};
+pub use engine::{Engine, EngineError, Reload, Topology};

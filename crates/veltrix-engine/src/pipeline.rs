@@ -150,11 +150,14 @@ impl Shared {
 
     fn count(&self, outcome: &'static str, n: u64) {
         let counter = match outcome {
-            "delivered" => &self.counters.delivered,
-            "filtered" => &self.counters.filtered,
-            _ => &self.counters.dead_lettered,
+            "delivered" => Some(&self.counters.delivered),
+            "filtered" => Some(&self.counters.filtered),
+            "dead_lettered" => Some(&self.counters.dead_lettered),
+            _ => None, // "retried": counted in `retries` per attempt
         };
-        counter.fetch_add(n, Ordering::Relaxed);
+        if let Some(counter) = counter {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
         if n > 0 {
             metrics::counter!("veltrix_pipeline_events_total", "pipeline" => self.name.clone(), "outcome" => outcome).increment(n);
         }
@@ -414,7 +417,14 @@ async fn deliver(
             Err(e) if e.retry == Retry::Permanent => "permanent",
             Err(_) => "retryable",
         };
-        metrics::counter!("veltrix_sink_requests_total", "sink" => shared.sink_name.clone(), "outcome" => outcome).increment(1);
+        // `status`: the downstream's code (http), "ok", or "error" when it never answered.
+        let status = match &result {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => e
+                .status
+                .map_or_else(|| "error".to_owned(), |s| s.to_string()),
+        };
+        metrics::counter!("veltrix_sink_requests_total", "sink" => shared.sink_name.clone(), "outcome" => outcome, "status" => status).increment(1);
         metrics::histogram!("veltrix_sink_request_duration_seconds", "sink" => shared.sink_name.clone())
             .record(started.elapsed().as_secs_f64());
         let error = match result {
@@ -437,6 +447,7 @@ async fn deliver(
         };
         metrics::counter!("veltrix_pipeline_retries_total", "pipeline" => shared.name.clone())
             .increment(1);
+        shared.count("retried", events);
         shared.warn_rate_limited("the sink failed; retrying", &error.message);
         let cap = backoff_cap(&shared.retry, attempt);
         let jitter = rand::rng().random_range(Duration::ZERO..=cap);

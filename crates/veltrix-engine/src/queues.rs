@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use veltrix_core::config::{Config, Durability, QueueConfig, WhenFull};
-use veltrix_log::{Log, LogOptions, Observer, RecoveryReport};
+use veltrix_core::config::{Durability, QueueConfig, WhenFull};
+use veltrix_log::{Log, LogOptions, Observer};
 
 use crate::stats::QueueCounters;
 
@@ -78,32 +78,48 @@ pub(crate) fn log_options(name: &str, q: &QueueConfig) -> LogOptions {
     }
 }
 
-/// Opens every queue of `config`, in file order (the router's queue indices).
-pub(crate) fn open_all(config: &Config) -> Result<Vec<(Queue, RecoveryReport)>, EngineError> {
-    let root = config.data_dir.join("queues");
-    config
-        .queues
-        .iter()
-        .map(|(name, q)| {
-            let dir = root.join(name);
-            let (log, report) =
-                Log::open(&dir, log_options(name, q)).map_err(|source| EngineError::Queue {
-                    queue: name.clone(),
-                    dir: dir.clone(),
-                    source,
-                })?;
-            Ok((
-                Queue {
-                    name: name.clone(),
-                    priority: q.priority,
-                    when_full: q.when_full,
-                    log,
-                    counters: Arc::default(),
-                },
-                report,
-            ))
-        })
-        .collect()
+/// Opens (recovering) the queue `name` of `data_dir`, logging its recovery report.
+pub(crate) fn open(
+    data_dir: &Path,
+    name: &str,
+    q: &QueueConfig,
+    counters: Arc<QueueCounters>,
+) -> Result<Queue, EngineError> {
+    let dir = queue_dir(data_dir, name);
+    let (log, report) =
+        Log::open(&dir, log_options(name, q)).map_err(|source| EngineError::Queue {
+            queue: name.to_owned(),
+            dir: dir.clone(),
+            source,
+        })?;
+    tracing::info!(
+        queue = %name,
+        segments = report.segments,
+        next_offset = report.next_offset,
+        bytes_truncated = report.bytes_truncated,
+        records_quarantined = report.records_quarantined,
+        cursors_reset = report.cursors_reset.len(),
+        ledger_error = report.ledger_error.as_deref().unwrap_or("none"),
+        elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
+        "queue recovered"
+    );
+    Ok(Queue {
+        name: name.to_owned(),
+        priority: q.priority,
+        when_full: q.when_full,
+        log,
+        counters,
+    })
+}
+
+/// Whether two queue configs give the same log (so a reload can keep it open).
+pub(crate) fn same_log(a: &QueueConfig, b: &QueueConfig) -> bool {
+    a.durability == b.durability
+        && a.fsync_interval == b.fsync_interval
+        && a.max_bytes == b.max_bytes
+        && a.max_events == b.max_events
+        && a.segment_bytes == b.segment_bytes
+        && a.when_full == b.when_full
 }
 
 pub(crate) fn queue_dir(data_dir: &Path, name: &str) -> std::path::PathBuf {

@@ -36,6 +36,8 @@ pub(crate) enum Retry {
 pub(crate) struct SinkError {
     pub(crate) retry: Retry,
     pub(crate) message: String,
+    /// The downstream's status code, when it answered (metrics label).
+    pub(crate) status: Option<u16>,
 }
 
 impl SinkError {
@@ -43,6 +45,7 @@ impl SinkError {
         SinkError {
             retry: Retry::Retryable { after: None },
             message: message.into(),
+            status: None,
         }
     }
 }
@@ -149,6 +152,7 @@ impl HttpSink {
                 Retry::Permanent
             },
             message: format!("POST {} answered {status}", self.url),
+            status: Some(status.as_u16()),
         })
     }
 }

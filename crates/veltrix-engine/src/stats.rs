@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use crate::deadletter::DeadLetters;
 use crate::queues::Queue;
@@ -206,18 +205,6 @@ impl Registry {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-
-    /// Runs the sampler until `stop`.
-    pub(crate) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.sample(),
-                _ = stop.changed() => return,
-            }
-        }
     }
 
     /// Takes one sample: rates from counter deltas, interval percentiles, gauges, history.
@@ -553,7 +540,7 @@ pub(crate) fn describe_metrics() {
     describe_counter!(
         "veltrix_pipeline_events_total",
         Unit::Count,
-        "Events a pipeline finished, by outcome: delivered, filtered, dead_lettered."
+        "Events a pipeline handled, by outcome: delivered, filtered, dead_lettered, and retried (each retry of a batch counts its events)."
     );
     describe_counter!(
         "veltrix_pipeline_retries_total",
@@ -593,7 +580,7 @@ pub(crate) fn describe_metrics() {
     describe_counter!(
         "veltrix_sink_requests_total",
         Unit::Count,
-        "Sink writes, by outcome: ok, retryable, permanent."
+        "Sink writes, by outcome (ok, retryable, permanent) and status (the downstream's HTTP code, ok, or error when it never answered)."
     );
     describe_histogram!(
         "veltrix_sink_request_duration_seconds",
@@ -624,5 +611,20 @@ pub(crate) fn describe_metrics() {
         "process_open_fds",
         Unit::Count,
         "Open file descriptors of the engine process."
+    );
+    describe_counter!(
+        "veltrix_config_reloads_total",
+        Unit::Count,
+        "Config reloads, by outcome: applied, invalid, refused, failed."
+    );
+    describe_gauge!(
+        "veltrix_config_last_reload_success",
+        Unit::Count,
+        "1 when the last reload (or the start) applied its config, 0 when it did not."
+    );
+    describe_gauge!(
+        "veltrix_config_last_reload_timestamp_seconds",
+        Unit::Seconds,
+        "When the last reload was attempted (Unix time)."
     );
 }

@@ -58,15 +58,64 @@ enum Command {
         /// Longest wait for in-flight work at shutdown.
         #[arg(long, default_value = "10s", value_parser = humantime_duration)]
         shutdown_grace: std::time::Duration,
+        /// Reload when the config file changes (SIGHUP always reloads).
+        #[arg(long, requires = "config")]
+        watch: bool,
     },
-    /// Check a config file: exit 0 when valid, 78 when not (every problem as FILE:LINE:COL).
+    /// Reload a running engine's config file (validated first; an invalid one changes nothing).
     #[command(
-        after_help = "Examples:\n  veltrix validate veltrix.toml\n  veltrix validate examples/*.toml"
+        after_help = "Examples:\n  veltrix reload\n  veltrix reload -c veltrix.toml\n  veltrix reload --force   # also remove queues that still hold events (files stay on disk)\n\nSIGHUP to the engine, or `veltrix run --watch`, reload too."
+    )]
+    Reload {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Allow removing queues that still hold unconsumed events (their files stay on disk).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check a config file: exit 0 when valid (warnings allowed), 78 when not (every problem as
+    /// FILE:LINE:COL with a stable code, documented in docs/config-lints.md).
+    #[command(
+        after_help = "Examples:\n  veltrix validate veltrix.toml\n  veltrix validate examples/*.toml\n  veltrix validate --check-connections --check-data veltrix.toml\n  veltrix validate --format json veltrix.toml | jq '.files[].diagnostics[].code'"
     )]
     Validate {
         /// Config files to check.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// `text` (diagnostics on stderr) or `json` (one document on stdout).
+        #[arg(long, value_enum, default_value = "text")]
+        format: crate::validate::Format,
+        /// Also try a TCP connection to every http sink (unreachable: warning V042).
+        #[arg(long)]
+        check_connections: bool,
+        /// Also check the integrity of the queues' logs in `data_dir`, read-only (damage: error
+        /// V043).
+        #[arg(long)]
+        check_data: bool,
+    },
+    /// Run the [[tests]] of config files against the real processors: exit 0 when all pass, 1
+    /// when one fails (with a diff), 78 when a config is invalid.
+    #[command(
+        after_help = "Each test feeds its `input` events through its pipeline's filters and remaps (the sink is
+replaced by a capture) and compares the delivered events with `expect` (subset match), or checks
+`expect_none` / `expect_dead_letter`. See docs/configuration.md.
+
+Examples:
+  veltrix test examples/orders.toml
+  veltrix test examples/*.toml --format json"
+    )]
+    Test {
+        /// Config files whose tests to run.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// `json`: one document on stdout, for tools.
+        #[arg(long, value_enum, default_value = "text")]
+        format: crate::test_cmd::TestFormat,
+    },
+    /// Print the built-in default config or the configuration reference.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Send events to a running engine: JSON arguments, or NDJSON on stdin.
     #[command(
@@ -175,6 +224,16 @@ enum DlqCommand {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// The built-in default config (what `veltrix run` uses without -c), as commented TOML.
+    #[command(after_help = "Example:\n  veltrix config default > veltrix.toml")]
+    Default,
+    /// Every config key with its type, default, bound and meaning (Markdown; docs/configuration.md).
+    #[command(after_help = "Example:\n  veltrix config reference > docs/configuration.md")]
+    Reference,
+}
+
+#[derive(Subcommand)]
 enum QueueCommand {
     /// Show each queue's segments, events, consumers' lag, oldest event age and integrity:
     /// exit 0 when clean, 1 when a queue is missing or damaged, 78 for an invalid config.
@@ -226,8 +285,30 @@ pub(crate) fn main() -> ExitCode {
         Command::Run {
             config,
             shutdown_grace,
-        } => crate::run::run(config.as_deref(), shutdown_grace),
-        Command::Validate { files } => crate::validate::validate(&files),
+            watch,
+        } => crate::run::run(config.as_deref(), shutdown_grace, watch),
+        Command::Reload { api, force } => {
+            match crate::dlq::Api::resolve(api.api.as_deref(), api.config.as_deref(), api.token) {
+                Err(code) => code,
+                Ok(target) => crate::dlq::reload(&target, force),
+            }
+        }
+        Command::Validate {
+            files,
+            format,
+            check_connections,
+            check_data,
+        } => crate::validate::validate(&crate::validate::ValidateArgs {
+            files: &files,
+            format,
+            check_connections,
+            check_data,
+        }),
+        Command::Test { files, format } => crate::test_cmd::test(&files, format),
+        Command::Config { command } => match command {
+            ConfigCommand::Default => crate::config_cmd::default(),
+            ConfigCommand::Reference => crate::config_cmd::reference(),
+        },
         Command::Send {
             url,
             ty,

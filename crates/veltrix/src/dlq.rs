@@ -1,5 +1,5 @@
-//! `veltrix dlq list|replay|purge PIPELINE`: a running engine's dead-letter queues, through its
-//! admin API.
+//! Admin API clients: `veltrix dlq list|replay|purge PIPELINE` (a running engine's dead-letter
+//! queues) and `veltrix reload`.
 
 use std::path::Path;
 
@@ -161,6 +161,29 @@ pub(crate) fn take(api: &Api, pipeline: &str, ids: &[String], all: bool, purge: 
                     "replayed {} event(s) into their queues; {} entr(ies) remain",
                     value["replayed"], value["remaining"]
                 );
+            }
+            exit::OK
+        }
+        Err(code) => code,
+    }
+}
+
+/// `veltrix reload`: asks the engine to re-read and apply its config file.
+pub(crate) fn reload(api: &Api, force: bool) -> u8 {
+    let path = if force {
+        "/api/v1/reload?force=true"
+    } else {
+        "/api/v1/reload"
+    };
+    match call(api.request(reqwest::Method::POST, path), &api.base) {
+        Ok(value) => {
+            if value["changed"] == json!(true) {
+                println!(
+                    "reloaded: {}",
+                    serde_json::to_string_pretty(&value["changes"]).unwrap_or_default()
+                );
+            } else {
+                println!("reloaded: no changes");
             }
             exit::OK
         }

@@ -2,11 +2,13 @@
 //! in their own modules.
 
 mod cli;
+mod config_cmd;
 mod dlq;
 mod queue;
 mod run;
 mod send;
 mod telemetry;
+mod test_cmd;
 mod top;
 mod validate;
 

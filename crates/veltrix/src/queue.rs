@@ -68,8 +68,7 @@ pub(crate) fn inspect(args: &InspectArgs<'_>) -> u8 {
         .map(|name| {
             let dir = root.join(&name);
             let info = if dir.is_dir() {
-                inspect_dir(&OsFs, &dir, LogOptions::default().record_bytes_max)
-                    .map_err(|e| e.to_string())
+                read_queue_dir(&dir)
             } else {
                 Err(format!(
                     "no queue `{name}`: {} is not a directory",
@@ -107,8 +106,13 @@ pub(crate) fn inspect(args: &InspectArgs<'_>) -> u8 {
     }
 }
 
+/// The read-only look at one queue directory (also `veltrix validate --check-data`).
+pub(crate) fn read_queue_dir(dir: &Path) -> Result<DirInfo, String> {
+    inspect_dir(&OsFs, dir, LogOptions::default().record_bytes_max).map_err(|e| e.to_string())
+}
+
 /// Queue directories under `root`, by name.
-fn queue_names(root: &Path) -> std::io::Result<Vec<String>> {
+pub(crate) fn queue_names(root: &Path) -> std::io::Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(root)? {
         let entry = entry?;

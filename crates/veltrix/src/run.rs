@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use veltrix_core::config::{self, Config, DEFAULT_DATA_DIR};
-use veltrix_engine::Engine;
+use veltrix_engine::{Engine, Reload};
 
 use crate::cli::{cores, exit};
 
@@ -18,7 +18,7 @@ macro_rules! say {
     }};
 }
 
-pub(crate) fn run(config_path: Option<&Path>, grace: Duration) -> u8 {
+pub(crate) fn run(config_path: Option<&Path>, grace: Duration, watch: bool) -> u8 {
     let config = match config_path {
         Some(path) => match config::load(path, cores()) {
             Ok(loaded) => {
@@ -50,12 +50,17 @@ pub(crate) fn run(config_path: Option<&Path>, grace: Duration) -> u8 {
             return exit::FAILURE;
         }
     };
-    runtime.block_on(serve(config, config_path, grace))
+    runtime.block_on(serve(config, config_path, grace, watch))
 }
 
-async fn serve(config: Config, config_path: Option<&Path>, grace: Duration) -> u8 {
+async fn serve(config: Config, config_path: Option<&Path>, grace: Duration, watch: bool) -> u8 {
     let started = Instant::now();
-    let engine = match Engine::start(config).await {
+    // What `--watch` compares against: the file as it was when the config was loaded (read
+    // before the banner, so an edit made as soon as the engine is up is not missed).
+    let watched = config_path
+        .filter(|_| watch)
+        .map(|p| (p, std::fs::read(p).ok()));
+    let engine = match Engine::start(config, config_path).await {
         Ok(engine) => engine,
         Err(e) => {
             eprintln!("veltrix: cannot start: {e}");
@@ -63,7 +68,7 @@ async fn serve(config: Config, config_path: Option<&Path>, grace: Duration) -> u
         }
     };
     print_banner(&engine, config_path, started.elapsed());
-    if let Err(e) = wait_for_signal().await {
+    if let Err(e) = serve_until_stopped(&engine, watched).await {
         eprintln!("veltrix: cannot listen for signals: {e}");
     }
     say!("veltrix: stopping (new requests get 503; waiting up to {grace:?} for in-flight work)");
@@ -97,7 +102,10 @@ fn print_banner(engine: &Engine, config_path: Option<&Path>, took: Duration) {
     for (name, address) in &t.ingest {
         say!("  ingest    http://{address}/v1/events  (source `{name}`: POST CloudEvents)");
     }
-    say!("  admin     http://{}  (/healthz, /readyz)", t.api);
+    say!(
+        "  admin     http://{}  (dashboard at /, /healthz, /readyz, /metrics, /api/v1/stats)",
+        t.api
+    );
     say!("  data      {}", t.data_dir.display());
     for (name, types, durability, dir) in &t.queues {
         say!(
@@ -111,13 +119,54 @@ fn print_banner(engine: &Engine, config_path: Option<&Path>, took: Duration) {
     say!("press Ctrl-C to stop");
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
+/// Serves until SIGINT or SIGTERM. SIGHUP reloads the config file; with `watched`, so does a
+/// change of the file's contents (read every second: config files are small, and contents catch
+/// edits that timestamps with coarse granularity miss).
+async fn serve_until_stopped(
+    engine: &Engine,
+    watched: Option<(&Path, Option<Vec<u8>>)>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup())?;
+    let (watched, mut last_seen) = match watched {
+        Some((path, seen)) => (Some(path), seen),
+        None => (None, None),
+    };
+    let mut poll = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => report(engine.reload(false).await, "SIGHUP"),
+            _ = poll.tick(), if watched.is_some() => {
+                let now = watched.and_then(|path| std::fs::read(path).ok());
+                if now != last_seen {
+                    last_seen = now;
+                    report(engine.reload(false).await, "the config file changed");
+                }
+            }
+        }
     }
-    Ok(())
+}
+
+/// How often `--watch` looks at the config file.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Prints a reload's outcome (the log has the details too).
+fn report(outcome: Reload, cause: &str) {
+    match outcome {
+        Reload::Applied(changes) if changes.is_empty() => {
+            say!("veltrix: reloaded ({cause}): no changes")
+        }
+        Reload::Applied(changes) => say!("veltrix: reloaded ({cause}): {}", changes.to_json()),
+        Reload::Invalid(why) => {
+            eprintln!("veltrix: reload ({cause}) rejected, the running config keeps going:\n{why}")
+        }
+        Reload::Refused(why) => {
+            eprintln!("veltrix: reload ({cause}) refused, the running config keeps going: {why}")
+        }
+        Reload::Failed(why) => eprintln!("veltrix: reload ({cause}) failed midway: {why}"),
+    }
 }

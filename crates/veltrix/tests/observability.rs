@@ -75,7 +75,7 @@ processors = [{ type = "remap", source = '.data.total = int!(.data.amount) * 2' 
 sink = "file"
 [pipelines.forward]
 from = ["tiny"]
-retry = { attempts_max = 2, backoff_initial = "1ms", backoff_max = "2ms" }
+retry = { attempts_max = 1000, backoff_initial = "10ms", backoff_max = "50ms" }
 sink = "down"
 [sinks.file]
 type = "file"
@@ -92,7 +92,8 @@ timeout = "1s"
     ];
     let (status, _) = post(&engine.ingest, "application/x-ndjson", ndjson(&events), &[]).await;
     assert_eq!(status, 202);
-    // One at a time: two fit in the tiny queue (and fail against the dead sink), the rest drop.
+    // One at a time: two fit in the tiny queue (and stay there, retried against the dead sink);
+    // the rest drop.
     let mut dropped = 0;
     for i in 0..5 {
         let one = json!({"specversion": "1.0", "id": format!("t-{i}"), "source": "/t", "type": "tiny.thing"});

@@ -15,10 +15,23 @@ pub enum Severity {
     Warning,
 }
 
+impl Severity {
+    /// `error` or `warning`, as rendered.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
 /// One problem in a config file, located at the offending key or value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
     pub severity: Severity,
+    /// The stable code of this kind of finding (`V004`), documented in `docs/config-lints.md`;
+    /// `None` for a finding that has none yet.
+    pub code: Option<&'static str>,
     /// The file name as given to the loader.
     pub file: String,
     /// 1-based line in the file as written.
@@ -40,19 +53,30 @@ impl Diagnostic {
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
+
+    /// This diagnostic with its stable code.
+    #[must_use]
+    pub fn with_code(mut self, code: &'static str) -> Diagnostic {
+        self.code = Some(code);
+        self
+    }
 }
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let severity = match self.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        writeln!(
-            f,
-            "{}:{}:{}: {severity}: {}",
-            self.file, self.line, self.col, self.message
-        )?;
+        let severity = self.severity.as_str();
+        match self.code {
+            Some(code) => writeln!(
+                f,
+                "{}:{}:{}: {severity}[{code}]: {}",
+                self.file, self.line, self.col, self.message
+            )?,
+            None => writeln!(
+                f,
+                "{}:{}:{}: {severity}: {}",
+                self.file, self.line, self.col, self.message
+            )?,
+        }
         let gutter = self.line.to_string().len() + 1;
         if !self.snippet.is_empty() {
             // Keep tabs so the carets line up under the snippet as the terminal renders it.
@@ -132,6 +156,7 @@ pub(crate) fn diagnostic_at(
     let width = text[start..end.min(line_end)].chars().count().max(1);
     Diagnostic {
         severity,
+        code: None,
         file: file.to_owned(),
         line,
         col,
@@ -180,9 +205,14 @@ mod tests {
         );
         d.notes.push("extra".to_owned());
         assert_eq!((d.line, d.col, d.width), (2, 3, 6));
+        assert!(
+            d.to_string()
+                .starts_with("veltrix.toml:2:3: error: unknown key")
+        );
+        let d = d.with_code("V004");
         assert_eq!(
             d.to_string(),
-            "veltrix.toml:2:3: error: unknown key `adress`\n  \
+            "veltrix.toml:2:3: error[V004]: unknown key `adress`\n  \
              |\n\
              2 |   adress = \"x\"\n  \
              |   ^^^^^^\n  \

@@ -22,7 +22,10 @@
 
 mod diagnostic;
 mod interpolate;
+pub mod lints;
+mod reference;
 mod route;
+mod tests_section;
 mod units;
 
 use std::net::SocketAddr;
@@ -35,11 +38,14 @@ use serde_spanned::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
 pub use diagnostic::{Diagnostic, Severity};
+pub use reference::{KeyDoc, SectionDoc, reference, reference_markdown};
 pub use route::{QueueIndex, Router, TypePattern};
+pub use tests_section::{ConfigTest, DeadLetterExpectation, Location};
 pub use units::ByteSize;
 
 use crate::expr::{ExprDiagnostic, Filter, Remap};
 use diagnostic::{Source, did_you_mean};
+use lints::{Locations, codes};
 use units::{format_duration, parse_duration};
 
 /// Where data lives when the config does not say.
@@ -93,6 +99,8 @@ pub struct Config {
     pub pipelines: IndexMap<String, PipelineConfig>,
     /// Sinks in file order.
     pub sinks: IndexMap<String, SinkConfig>,
+    /// `[[tests]]`: unit tests of the pipelines (`veltrix test`), in file order.
+    pub tests: Vec<ConfigTest>,
 }
 
 /// `[api]`: the admin API (health, readiness, metrics).
@@ -252,6 +260,8 @@ pub enum SinkConfig {
 pub struct Loaded {
     pub config: Config,
     pub warnings: Vec<Diagnostic>,
+    /// Where every key and value is in the file, for checks that run after loading.
+    pub locations: Locations,
 }
 
 const DEFAULT_API_ADDRESS: &str = "127.0.0.1:8081";
@@ -331,6 +341,7 @@ impl Config {
             queues: IndexMap::new(),
             pipelines: IndexMap::new(),
             sinks: IndexMap::new(),
+            tests: Vec::new(),
         };
         config.add_default_topology();
         config
@@ -363,14 +374,10 @@ impl Config {
 pub fn load(path: &Path, cores: usize) -> Result<Loaded, Vec<Diagnostic>> {
     let file = path.display().to_string();
     let whole_file = |message: String| {
-        vec![diagnostic::diagnostic_at(
-            &file,
-            "",
-            0..0,
-            Severity::Error,
-            message,
-            None,
-        )]
+        vec![
+            diagnostic::diagnostic_at(&file, "", 0..0, Severity::Error, message, None)
+                .with_code(codes::UNREADABLE),
+        ]
     };
     let bytes =
         std::fs::read(path).map_err(|e| whole_file(format!("cannot read the config file: {e}")))?;
@@ -380,14 +387,17 @@ pub fn load(path: &Path, cores: usize) -> Result<Loaded, Vec<Diagnostic>> {
             // The text before the first bad byte is intact in the lossy copy.
             let at = e.utf8_error().valid_up_to();
             let text = String::from_utf8_lossy(e.as_bytes());
-            Err(vec![diagnostic::diagnostic_at(
-                &file,
-                &text,
-                at..at + 1,
-                Severity::Error,
-                "the config file is not valid UTF-8",
-                None,
-            )])
+            Err(vec![
+                diagnostic::diagnostic_at(
+                    &file,
+                    &text,
+                    at..at + 1,
+                    Severity::Error,
+                    "the config file is not valid UTF-8",
+                    None,
+                )
+                .with_code(codes::UNREADABLE),
+            ])
         }
     }
 }
@@ -418,6 +428,7 @@ pub fn parse_str_with_env(
                     e.message,
                     e.hint,
                 )
+                .with_code(codes::INTERPOLATION)
             })
             .collect::<Vec<_>>()
     })?;
@@ -428,12 +439,16 @@ pub fn parse_str_with_env(
     };
     let root = DeTable::parse(&source.expanded.text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        vec![source.diagnostic(
-            Severity::Error,
-            span,
-            format!("invalid TOML: {}", e.message().trim_end()),
-            None,
-        )]
+        vec![
+            source
+                .diagnostic(
+                    Severity::Error,
+                    span,
+                    format!("invalid TOML: {}", e.message().trim_end()),
+                    None,
+                )
+                .with_code(codes::TOML_SYNTAX),
+        ]
     })?;
     let mut decoder = Decoder {
         source: &source,
@@ -442,6 +457,10 @@ pub fn parse_str_with_env(
     };
     let config = decoder.root(&root);
     let mut diagnostics = decoder.diagnostics;
+    let locations = Locations::new(&source, root.get_ref());
+    if !diagnostics.iter().any(Diagnostic::is_error) {
+        diagnostics.extend(lints::check(&config, &locations));
+    }
     diagnostics.sort_by_key(|d| (d.line, d.col, d.severity));
     if diagnostics.iter().any(Diagnostic::is_error) {
         Err(diagnostics)
@@ -449,6 +468,7 @@ pub fn parse_str_with_env(
         Ok(Loaded {
             config,
             warnings: diagnostics,
+            locations,
         })
     }
 }
@@ -456,7 +476,15 @@ pub fn parse_str_with_env(
 type Value<'i> = Spanned<DeValue<'i>>;
 type Key<'i> = Spanned<DeString<'i>>;
 
-const ROOT_KEYS: &[&str] = &["data_dir", "api", "sources", "queues", "pipelines", "sinks"];
+const ROOT_KEYS: &[&str] = &[
+    "data_dir",
+    "api",
+    "sources",
+    "queues",
+    "pipelines",
+    "sinks",
+    "tests",
+];
 const API_KEYS: &[&str] = &["address", "token"];
 const HTTP_SOURCE_KEYS: &[&str] = &["type", "address", "body_bytes_max", "tokens"];
 const QUEUE_KEYS: &[&str] = &[
@@ -480,6 +508,10 @@ const PIPELINE_KEYS: &[&str] = &[
     "dead_letter",
 ];
 const RETRY_KEYS: &[&str] = &["attempts_max", "backoff_initial", "backoff_max"];
+/// Every sink key (each sink type takes `type` and its own subset).
+const SINK_KEYS: &[&str] = &["type", "path", "url", "timeout"];
+/// Every processor key (a filter takes `condition`, a remap `source`).
+const PROCESSOR_KEYS: &[&str] = &["type", "condition", "source"];
 const WHEN_FULL: &[&str] = &["backpressure", "drop_newest", "drop_oldest"];
 const SOURCE_TYPES: &[&str] = &["http"];
 const SINK_TYPES: &[&str] = &["file", "stdout", "blackhole", "http"];
@@ -530,17 +562,32 @@ impl Decoder<'_> {
         self.diagnostics.last_mut().expect("just pushed")
     }
 
-    fn error(&mut self, span: Range<usize>, message: impl Into<String>, hint: Option<String>) {
-        self.report(Severity::Error, span, message, hint);
+    /// An error with its stable code (`lints::codes`).
+    fn error_coded(
+        &mut self,
+        code: &'static str,
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.report(Severity::Error, span, message, hint).code = Some(code);
     }
 
-    fn warning(&mut self, span: Range<usize>, message: impl Into<String>, hint: Option<String>) {
-        self.report(Severity::Warning, span, message, hint);
+    /// A warning with its stable code (`lints::codes`).
+    fn warning_coded(
+        &mut self,
+        code: &'static str,
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.report(Severity::Warning, span, message, hint).code = Some(code);
     }
 
     fn wrong_type(&mut self, value: &Value<'_>, name: &str, expected: &str, hint: Option<String>) {
         let found = with_article(value.get_ref().type_str());
-        self.error(
+        self.error_coded(
+            codes::WRONG_TYPE,
             value.span(),
             format!("`{name}` must be {expected}, found {found}"),
             hint,
@@ -578,7 +625,7 @@ impl Decoder<'_> {
             } else {
                 format!("unknown key `{key_str}` in {what}")
             };
-            self.error(key.span(), message, hint);
+            self.error_coded(codes::UNKNOWN_KEY, key.span(), message, hint);
         }
     }
 
@@ -596,7 +643,12 @@ impl Decoder<'_> {
             .iter()
             .any(|(k, _)| k.get_ref() != key && did_you_mean(k.get_ref(), [key]).is_some());
         if !misspelt {
-            self.error(span, format!("{what} is missing `{key}`"), Some(hint));
+            self.error_coded(
+                codes::MISSING_KEY,
+                span,
+                format!("{what} is missing `{key}`"),
+                Some(hint),
+            );
         }
     }
 
@@ -619,7 +671,8 @@ impl Decoder<'_> {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             if !valid {
-                self.error(
+                self.error_coded(
+                    codes::INVALID_VALUE,
                     key.span(),
                     format!("invalid name `{name}` in `{section}`"),
                     Some(format!(
@@ -644,7 +697,12 @@ impl Decoder<'_> {
     fn non_empty_string(&mut self, value: &Value<'_>, name: &str) -> Option<String> {
         let s = self.string(value, name)?;
         if s.is_empty() {
-            self.error(value.span(), format!("`{name}` must not be empty"), None);
+            self.error_coded(
+                codes::INVALID_VALUE,
+                value.span(),
+                format!("`{name}` must not be empty"),
+                None,
+            );
             return None;
         }
         Some(s)
@@ -676,7 +734,7 @@ impl Decoder<'_> {
                 } else {
                     format!("`{name}` must be between {min} and {max}")
                 };
-                self.error(value.span(), message, None);
+                self.error_coded(codes::INVALID_VALUE, value.span(), message, None);
                 None
             }
         }
@@ -710,11 +768,12 @@ impl Decoder<'_> {
                         ByteSize(max)
                     )
                 };
-                self.error(value.span(), message, None);
+                self.error_coded(codes::INVALID_VALUE, value.span(), message, None);
                 None
             }
             Err(message) => {
-                self.error(
+                self.error_coded(
+                    codes::INVALID_VALUE,
                     value.span(),
                     message,
                     Some("write a size like \"64MiB\", \"10MB\" or a number of bytes".to_owned()),
@@ -740,7 +799,8 @@ impl Decoder<'_> {
         match parsed {
             Ok(d) if !d.is_zero() => Some(d),
             Ok(_) => {
-                self.error(
+                self.error_coded(
+                    codes::INVALID_VALUE,
                     value.span(),
                     format!("`{name}` must be more than zero"),
                     None,
@@ -748,7 +808,8 @@ impl Decoder<'_> {
                 None
             }
             Err(message) => {
-                self.error(
+                self.error_coded(
+                    codes::INVALID_VALUE,
                     value.span(),
                     message,
                     Some("write a duration like \"200ms\", \"5s\" or \"1m\"".to_owned()),
@@ -763,7 +824,8 @@ impl Decoder<'_> {
         match text.parse() {
             Ok(address) => Some(address),
             Err(_) => {
-                self.error(
+                self.error_coded(
+                    codes::INVALID_VALUE,
                     value.span(),
                     format!("`{name}` must be an IP address and port, found {text:?}"),
                     Some("for example \"127.0.0.1:8080\" or \"[::1]:8080\"".to_owned()),
@@ -782,7 +844,8 @@ impl Decoder<'_> {
         let list: Vec<String> = choices.iter().map(|c| format!("\"{c}\"")).collect();
         let hint = did_you_mean(&text, choices.iter().copied())
             .unwrap_or_else(|| format!("use one of {}", list.join(", ")));
-        self.error(
+        self.error_coded(
+            codes::INVALID_VALUE,
             value.span(),
             format!("unknown {name} \"{text}\""),
             Some(hint),
@@ -839,6 +902,7 @@ impl Decoder<'_> {
             queues: IndexMap::new(),
             pipelines: IndexMap::new(),
             sinks: IndexMap::new(),
+            tests: Vec::new(),
         };
         if let Some(api) = get(root, "api") {
             self.api(api, &mut config.api);
@@ -851,7 +915,8 @@ impl Decoder<'_> {
                         .and_then(|api| api.get_ref().as_table())
                         .and_then(|api| get(api, "address"))
                         .map_or(0..0, Spanned::span);
-                    self.error(
+                    self.error_coded(
+                        codes::CONFLICT,
                         span,
                         format!(
                             "address {} is already used by the default HTTP source",
@@ -875,7 +940,8 @@ impl Decoder<'_> {
                         .iter()
                         .find(|(k, _)| k.get_ref() == "sources")
                         .map_or(0..0, |(k, _)| k.span());
-                    self.warning(
+                    self.warning_coded(
+                        codes::NO_SOURCES,
                         span,
                         "no sources: nothing can send events to this engine",
                         Some("add [sources.http] with type = \"http\"".to_owned()),
@@ -890,6 +956,8 @@ impl Decoder<'_> {
         let sinks = self.section(root, "sinks");
         if queues.is_none() && pipelines.is_none() && sinks.is_none() {
             config.add_default_topology();
+            let names: Vec<&str> = config.pipelines.keys().map(String::as_str).collect();
+            config.tests = self.tests(root, &names);
             return config;
         }
         let (queues, pipelines, sinks) = (
@@ -919,6 +987,11 @@ impl Decoder<'_> {
                     .insert(name.get_ref().to_string(), pipeline);
             }
         }
+        let pipeline_names: Vec<&str> = pipelines
+            .iter()
+            .map(|(k, _)| k.get_ref().as_ref())
+            .collect();
+        config.tests = self.tests(root, &pipeline_names);
         // Warnings about the topology would mostly echo the errors (an invalid pipeline reads
         // nothing): give them once the errors are fixed.
         if !self.diagnostics.iter().any(Diagnostic::is_error) {
@@ -939,7 +1012,8 @@ impl Decoder<'_> {
         }
         if !api.address.ip().is_loopback() && api.token.is_none() {
             let span = get(table, "address").map_or(value.span(), Spanned::span);
-            self.warning(
+            self.warning_coded(
+                codes::API_EXPOSED,
                 span,
                 format!(
                     "the admin API listens on {} without a token: anyone who can reach it can \
@@ -969,7 +1043,8 @@ impl Decoder<'_> {
         {
             for (token, span) in tokens {
                 if token.is_empty() {
-                    self.error(
+                    self.error_coded(
+                        codes::INVALID_VALUE,
                         span,
                         "an empty token would let anyone in",
                         Some("remove it".to_owned()),
@@ -999,7 +1074,8 @@ impl Decoder<'_> {
                     _ => name.span(),
                 };
                 let message = format!("address {} is already used by {owner}", http.address);
-                self.error(
+                self.error_coded(
+                    codes::CONFLICT,
                     span,
                     message,
                     Some("give each listener its own port".to_owned()),
@@ -1048,7 +1124,8 @@ impl Decoder<'_> {
         };
         if let Some(patterns) = self.strings(types, "types", false) {
             if patterns.is_empty() {
-                self.error(
+                self.error_coded(
+                    codes::INVALID_VALUE,
                     types.span(),
                     "`types` must not be empty: the queue would never receive an event",
                     Some("list event type patterns, e.g. `types = [\"order.*\"]`".to_owned()),
@@ -1057,7 +1134,7 @@ impl Decoder<'_> {
             for (text, span) in patterns {
                 match TypePattern::new(&text) {
                     Ok(pattern) => queue.types.push(pattern),
-                    Err(message) => self.error(span, message, None),
+                    Err(message) => self.error_coded(codes::INVALID_VALUE, span, message, None),
                 }
             }
         }
@@ -1084,7 +1161,8 @@ impl Decoder<'_> {
         {
             queue.fsync_interval = d;
             if queue.durability != Durability::Interval {
-                self.warning(
+                self.warning_coded(
+                    codes::FSYNC_INTERVAL_UNUSED,
                     interval.span(),
                     format!(
                         "`fsync_interval = \"{}\"` has no effect: {what} does not use \
@@ -1105,7 +1183,8 @@ impl Decoder<'_> {
         {
             queue.segment_bytes = size;
             if size > queue.max_bytes {
-                self.error(
+                self.error_coded(
+                    codes::CONFLICT,
                     segment.span(),
                     format!(
                         "`segment_bytes` ({size}) is larger than `max_bytes` ({}): the queue \
@@ -1130,13 +1209,7 @@ impl Decoder<'_> {
 
     fn sink(&mut self, name: &Key<'_>, value: &Value<'_>) -> Option<SinkConfig> {
         let what = format!("sink `{}`", name.get_ref());
-        let table = self.typed_table(
-            name,
-            value,
-            &what,
-            SINK_TYPES,
-            &["type", "path", "url", "timeout"],
-        )?;
+        let table = self.typed_table(name, value, &what, SINK_TYPES, SINK_KEYS)?;
         let ty = get(table, "type")
             .and_then(|v| v.get_ref().as_str())
             .unwrap_or_default();
@@ -1165,7 +1238,8 @@ impl Decoder<'_> {
                 };
                 let text = self.non_empty_string(url, "url")?;
                 if !text.starts_with("http://") {
-                    self.error(
+                    self.error_coded(
+                        codes::INVALID_VALUE,
                         url.span(),
                         format!("`url` must be an http:// URL, found {text:?}"),
                         Some(
@@ -1208,15 +1282,30 @@ impl Decoder<'_> {
             Some(from) => match self.strings(from, "from", true) {
                 Some(queues) if queues.is_empty() => {
                     valid = false;
-                    self.error(from.span(), "`from` must name at least one queue", None);
+                    self.error_coded(
+                        codes::INVALID_VALUE,
+                        from.span(),
+                        "`from` must name at least one queue",
+                        None,
+                    );
                 }
                 Some(queues) => {
                     for (queue, span) in queues {
                         if pipeline.from.contains(&queue) {
-                            self.error(span, format!("{what} reads queue `{queue}` twice"), None);
+                            self.error_coded(
+                                codes::CONFLICT,
+                                span,
+                                format!("{what} reads queue `{queue}` twice"),
+                                None,
+                            );
                         } else if !queue_names.contains(&queue.as_str()) {
                             let hint = reference_hint(&queue, queue_names, "queues");
-                            self.error(span, format!("unknown queue `{queue}`"), Some(hint));
+                            self.error_coded(
+                                codes::UNKNOWN_REFERENCE,
+                                span,
+                                format!("unknown queue `{queue}`"),
+                                Some(hint),
+                            );
                         }
                         pipeline.from.push(queue);
                     }
@@ -1235,7 +1324,12 @@ impl Decoder<'_> {
                 Some(s) => {
                     valid = false;
                     let hint = reference_hint(&s, sink_names, "sinks");
-                    self.error(sink.span(), format!("unknown sink `{s}`"), Some(hint));
+                    self.error_coded(
+                        codes::UNKNOWN_REFERENCE,
+                        sink.span(),
+                        format!("unknown sink `{s}`"),
+                        Some(hint),
+                    );
                 }
                 None => valid = false,
             },
@@ -1245,7 +1339,8 @@ impl Decoder<'_> {
         {
             pipeline.workers = usize::try_from(n).expect("range-checked");
             if pipeline.workers > WORKERS_PER_CORE_WARN * self.cores {
-                self.warning(
+                self.warning_coded(
+                    codes::WORKERS_ABOVE_CORES,
                     workers.span(),
                     format!(
                         "`workers = {n}` is far above the {} available core(s): extra \
@@ -1276,7 +1371,8 @@ impl Decoder<'_> {
             && let Some(dlq) = self.non_empty_string(v, "dead_letter")
         {
             if queue_names.contains(&dlq.as_str()) {
-                self.error(
+                self.error_coded(
+                    codes::CONFLICT,
                     v.span(),
                     format!("`dead_letter = \"{dlq}\"` names a routable queue"),
                     Some(
@@ -1321,7 +1417,8 @@ impl Decoder<'_> {
         {
             retry.backoff_max = d;
             if d < retry.backoff_initial {
-                self.error(
+                self.error_coded(
+                    codes::CONFLICT,
                     v.span(),
                     format!(
                         "`backoff_max` ({}) is below `backoff_initial` ({})",
@@ -1346,7 +1443,7 @@ impl Decoder<'_> {
             return None;
         };
         let Some(ty) = get(table, "type") else {
-            self.check_keys(table, what, &["type", "condition", "source"]);
+            self.check_keys(table, what, PROCESSOR_KEYS);
             let hint = "add `type = \"filter\"` or `type = \"remap\"`";
             self.missing(table, "type", item.span(), what, hint.to_owned());
             return None;
@@ -1401,6 +1498,10 @@ impl Decoder<'_> {
             diagnostic.hint,
         );
         d.notes = diagnostic.notes;
+        d.code = Some(match severity {
+            Severity::Error => codes::VRL_ERROR,
+            Severity::Warning => codes::VRL_WARNING,
+        });
     }
 
     fn topology_warnings(&mut self, config: &Config, spans: &Spans) {
@@ -1410,7 +1511,8 @@ impl Decoder<'_> {
                 .iter()
                 .any(|(_, q)| q.types.iter().any(TypePattern::is_catch_all))
         {
-            self.warning(
+            self.warning_coded(
+                codes::NO_CATCH_ALL,
                 first_span.clone(),
                 "no queue takes every event type: events whose type matches no queue will be \
                  rejected (HTTP 422)",
@@ -1422,16 +1524,13 @@ impl Decoder<'_> {
         {
             let earlier = &queues[..i];
             let shadowed = |pattern: &TypePattern| {
-                earlier.iter().any(|(_, q)| {
-                    q.types.iter().any(|e| {
-                        e.is_catch_all()
-                            || e.as_str() == pattern.as_str()
-                            || (pattern.is_literal() && e.matches(pattern.as_str()))
-                    })
-                })
+                earlier
+                    .iter()
+                    .any(|(_, q)| q.types.iter().any(|e| lints::covers(e, pattern)))
             };
             if !queue.types.is_empty() && queue.types.iter().all(shadowed) {
-                self.warning(
+                self.warning_coded(
+                    codes::QUEUE_UNREACHABLE,
                     types_span.clone(),
                     format!(
                         "queue `{name}` can never receive an event: earlier queues match all of \
@@ -1441,7 +1540,8 @@ impl Decoder<'_> {
                 );
             }
             if !config.pipelines.values().any(|p| p.from.contains(name)) {
-                self.warning(
+                self.warning_coded(
+                    codes::QUEUE_UNREAD,
                     name_span.clone(),
                     format!(
                         "no pipeline reads queue `{name}`: its events will pile up until it is full"
@@ -1452,7 +1552,8 @@ impl Decoder<'_> {
         }
         for ((name, _), span) in config.sinks.iter().zip(&spans.sinks) {
             if !config.pipelines.values().any(|p| &p.sink == name) {
-                self.warning(
+                self.warning_coded(
+                    codes::SINK_UNUSED,
                     span.clone(),
                     format!("no pipeline writes to sink `{name}`"),
                     None,

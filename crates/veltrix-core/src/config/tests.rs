@@ -222,7 +222,7 @@ fn unknown_keys_are_errors_with_did_you_mean_at_the_key() {
     assert_eq!(error.width, 6);
     assert_eq!(
         error.to_string(),
-        "veltrix.toml:3:3: error: unknown key `adress` in source `http`\n  \
+        "veltrix.toml:3:3: error[V004]: unknown key `adress` in source `http`\n  \
          |\n\
          3 |   adress = \"127.0.0.1:9000\"\n  \
          |   ^^^^^^\n  \
@@ -546,7 +546,9 @@ sink = "s"
 type = "blackhole"
 "#;
     let loaded = valid(src);
-    assert_eq!(loaded.warnings.len(), 1);
+    // The second: one worker reading two queues with the default retries (V031).
+    let codes: Vec<_> = loaded.warnings.iter().map(|w| w.code).collect();
+    assert_eq!(codes, [Some("V026"), Some("V031")]);
     assert!(
         loaded.warnings[0]
             .message

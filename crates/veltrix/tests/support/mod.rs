@@ -32,11 +32,21 @@ impl Engine {
     /// Starts with extra command-line arguments (before `run`) and, when `log` is given, the
     /// engine's stderr (its log) written to that file at `info` level.
     pub fn start_with(config: &Path, args: &[&str], log: Option<&Path>) -> Engine {
+        Self::start_full(config, args, &[], log)
+    }
+
+    /// Starts with `run --watch` (reload on file changes).
+    pub fn start_watching(config: &Path) -> Engine {
+        Self::start_full(config, &[], &["--watch"], None)
+    }
+
+    fn start_full(config: &Path, args: &[&str], run_args: &[&str], log: Option<&Path>) -> Engine {
         let mut command = Command::new(BIN);
         command
             .args(args)
             .args(["run", "-c"])
             .arg(config)
+            .args(run_args)
             .stdout(Stdio::piped());
         match log {
             Some(path) => {

@@ -1,0 +1,559 @@
+//! Config unit tests (`[[tests]]`, `veltrix test`): a pipeline's real processors run on the
+//! test's input events, with the sink replaced by a capture.
+//!
+//! Nothing here re-implements processing: each input is decoded and validated as ingest decodes
+//! a structured-mode body, routed by the config's [`Router`] (an event the pipeline would never
+//! read fails the test), stored as ingest stores it (record prefix + compact JSON), and run
+//! through the pipeline's [`Chain`] built exactly as the engine builds it. What the chain appends
+//! is what the sink would receive (one NDJSON line per delivered event); an event the chain
+//! fails on is what the pipeline would dead-letter.
+//!
+//! Every outcome is compared: the delivered events with `expect` (in order and in number, each
+//! a subset match: objects recursively, arrays and scalars exactly, `1` equal to `1.0`) and the
+//! dead-lettered events with `expect_dead_letter`.
+
+use std::fmt;
+
+use serde_json::Value as Json;
+use veltrix_core::config::{Config, ConfigTest, DeadLetterExpectation, Location, Router};
+use veltrix_core::event::{self, DecodeError, Event};
+use veltrix_core::expr::Runtime;
+
+use crate::processors::{Chain, Outcome};
+use crate::record;
+
+/// What became of one input event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventOutcome {
+    /// The sink received this event (the NDJSON line, parsed).
+    Delivered(Json),
+    /// A filter dropped it.
+    Filtered,
+    /// A processor failed on it: the pipeline would dead-letter it with this reason.
+    DeadLettered(String),
+    /// It never reaches the pipeline: no queue the pipeline reads takes its type, or ingest
+    /// would refuse it.
+    NotReceived(String),
+}
+
+/// One input event and what became of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputResult {
+    /// Index in the test's `input`.
+    pub index: usize,
+    /// The event's id (generated when the input has none).
+    pub id: String,
+    pub outcome: EventOutcome,
+}
+
+/// One way a test failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// What is wrong, e.g. "delivered event 0 does not match expect[0]".
+    pub message: String,
+    /// For a mismatching event: every differing path.
+    pub mismatches: Vec<Mismatch>,
+}
+
+/// One differing value in a subset match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mismatch {
+    /// Where, e.g. `data.total` or `data.tags` (empty: the whole event).
+    pub path: String,
+    /// The expected value.
+    pub expected: Json,
+    /// The actual value; `None` when the key is missing.
+    pub actual: Option<Json>,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = if self.path.is_empty() {
+            "the event"
+        } else {
+            &self.path
+        };
+        match &self.actual {
+            Some(actual) => write!(f, "{path}: expected {}, actual {actual}", self.expected),
+            None => write!(f, "{path}: expected {}, actual: missing", self.expected),
+        }
+    }
+}
+
+/// The result of one test.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestOutcome {
+    pub name: String,
+    pub pipeline: String,
+    /// Where the test is declared.
+    pub location: Location,
+    /// Per input event, in order.
+    pub results: Vec<InputResult>,
+    /// Empty when the test passed.
+    pub failures: Vec<Failure>,
+}
+
+impl TestOutcome {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// The delivered events, in order.
+    pub fn delivered(&self) -> impl Iterator<Item = &Json> {
+        self.results.iter().filter_map(|r| match &r.outcome {
+            EventOutcome::Delivered(event) => Some(event),
+            _ => None,
+        })
+    }
+}
+
+/// Runs every test of `config`, in file order.
+pub fn run_config_tests(config: &Config) -> Vec<TestOutcome> {
+    config
+        .tests
+        .iter()
+        .map(|test| run_pipeline_test(config, test))
+        .collect()
+}
+
+/// Runs one test against the real processor chain of its pipeline.
+///
+/// # Panics
+/// If `test.pipeline` is not a pipeline of `config` (a loaded config's tests always name one).
+pub fn run_pipeline_test(config: &Config, test: &ConfigTest) -> TestOutcome {
+    let pipeline = &config.pipelines[test.pipeline.as_str()];
+    let chain = Chain::new(pipeline.processors.clone());
+    let router = Router::new(config);
+    let mut runtime = Runtime::new();
+    let mut results = Vec::with_capacity(test.input.len());
+    for (index, input) in test.input.iter().enumerate() {
+        let event = match decode(input) {
+            Ok(event) => event,
+            Err(why) => {
+                results.push(InputResult {
+                    index,
+                    id: input["id"].as_str().unwrap_or_default().to_owned(),
+                    outcome: EventOutcome::NotReceived(why),
+                });
+                continue;
+            }
+        };
+        let id = event.id().to_owned();
+        let routed = router.route(event.ty()).map(|q| router.queue_name(q));
+        let outcome = match routed {
+            None => EventOutcome::NotReceived(format!(
+                "no queue takes type `{}`: ingest answers 422",
+                event.ty()
+            )),
+            Some(queue) if !pipeline.from.iter().any(|q| q == queue) => {
+                EventOutcome::NotReceived(format!(
+                    "type `{}` is routed to queue `{queue}`, which pipeline `{}` does not read",
+                    event.ty(),
+                    test.pipeline
+                ))
+            }
+            Some(_) => process(&chain, &mut runtime, &event),
+        };
+        results.push(InputResult { index, id, outcome });
+    }
+    let failures = compare(test, &results);
+    TestOutcome {
+        name: test.name.clone(),
+        pipeline: test.pipeline.clone(),
+        location: test.location.clone(),
+        results,
+        failures,
+    }
+}
+
+/// The input as ingest decodes a structured-mode body (`id` generated when absent).
+fn decode(input: &Json) -> Result<Event, String> {
+    let body = serde_json::to_vec(input).expect("JSON values always serialise");
+    let no_headers: &[(&str, &str)] = &[];
+    match event::decode_body("application/cloudevents+json", no_headers, &body) {
+        Ok(mut events) if events.len() == 1 => Ok(events.remove(0)),
+        Ok(events) => Err(format!("decoded to {} events, not one", events.len())),
+        Err(DecodeError::Invalid(errors)) => Err(errors
+            .into_iter()
+            .map(|e| e.message)
+            .collect::<Vec<_>>()
+            .join("; ")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Stores the event as ingest does and runs the chain on the record's body as a worker does.
+fn process(chain: &Chain, runtime: &mut Runtime, event: &Event) -> EventOutcome {
+    let mut stored = Vec::new();
+    record::begin(&mut stored, record::now_micros());
+    event.to_json_bytes(&mut stored);
+    let (_, body) = record::split(&stored);
+    let mut sink_batch = Vec::new();
+    match chain.apply(body, runtime, &mut sink_batch) {
+        Outcome::Emitted => {
+            let line = sink_batch.strip_suffix(b"\n").unwrap_or(&sink_batch);
+            match serde_json::from_slice(line) {
+                Ok(json) => EventOutcome::Delivered(json),
+                Err(e) => EventOutcome::DeadLettered(format!("the sink line is not JSON: {e}")),
+            }
+        }
+        Outcome::Filtered => EventOutcome::Filtered,
+        Outcome::Failed(why) => EventOutcome::DeadLettered(why),
+    }
+}
+
+fn compare(test: &ConfigTest, results: &[InputResult]) -> Vec<Failure> {
+    let mut failures = Vec::new();
+    let failure = |message: String| Failure {
+        message,
+        mismatches: Vec::new(),
+    };
+    for r in results {
+        if let EventOutcome::NotReceived(why) = &r.outcome {
+            failures.push(failure(format!(
+                "input[{}] (id {}) never reaches the pipeline: {why}",
+                r.index, r.id
+            )));
+        }
+    }
+
+    let delivered: Vec<(&InputResult, &Json)> = results
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            EventOutcome::Delivered(json) => Some((r, json)),
+            _ => None,
+        })
+        .collect();
+    if delivered.len() != test.expect.len() {
+        failures.push(failure(format!(
+            "expected {} delivered event(s), the sink received {}",
+            test.expect.len(),
+            delivered.len()
+        )));
+    }
+    for (i, (r, actual)) in delivered.iter().enumerate() {
+        match test.expect.get(i) {
+            Some(expected) => {
+                let mismatches = subset_mismatches(expected, actual);
+                if !mismatches.is_empty() {
+                    failures.push(Failure {
+                        message: format!(
+                            "delivered event {i} (from input[{}], id {}) does not match \
+                             expect[{i}]",
+                            r.index, r.id
+                        ),
+                        mismatches,
+                    });
+                }
+            }
+            None => failures.push(failure(format!(
+                "unexpected delivered event {i} (from input[{}]): {actual}",
+                r.index
+            ))),
+        }
+    }
+    for (i, expected) in test.expect.iter().enumerate().skip(delivered.len()) {
+        failures.push(failure(format!(
+            "expect[{i}] {expected}: no such event was delivered"
+        )));
+    }
+
+    let dead: Vec<(&InputResult, &str)> = results
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            EventOutcome::DeadLettered(why) => Some((r, why.as_str())),
+            _ => None,
+        })
+        .collect();
+    match &test.expect_dead_letter {
+        None => {
+            for (r, why) in &dead {
+                failures.push(failure(format!(
+                    "input[{}] (id {}) was dead-lettered: {why}",
+                    r.index, r.id
+                )));
+            }
+        }
+        Some(expectation) => {
+            if dead.is_empty() {
+                failures.push(failure(
+                    "expected a dead-lettered event, but no processor failed".to_owned(),
+                ));
+            }
+            if let DeadLetterExpectation::ReasonContains(text) = expectation {
+                for (r, why) in &dead {
+                    if !why.contains(text.as_str()) {
+                        failures.push(Failure {
+                            message: format!(
+                                "input[{}] (id {}) was dead-lettered for another reason",
+                                r.index, r.id
+                            ),
+                            mismatches: vec![Mismatch {
+                                path: "reason".to_owned(),
+                                expected: Json::String(format!("… {text} …")),
+                                actual: Some(Json::String((*why).to_owned())),
+                            }],
+                        });
+                    }
+                }
+            }
+        }
+    }
+    failures
+}
+
+/// Every path where `actual` does not contain `expected`: objects match when each expected key
+/// is present with a matching value (recursively); arrays and scalars must be equal (numbers by
+/// value: `1` equals `1.0`).
+pub fn subset_mismatches(expected: &Json, actual: &Json) -> Vec<Mismatch> {
+    let mut out = Vec::new();
+    subset(expected, actual, &mut String::new(), &mut out);
+    out
+}
+
+fn subset(expected: &Json, actual: &Json, path: &mut String, out: &mut Vec<Mismatch>) {
+    match (expected, actual) {
+        (Json::Object(e), Json::Object(a)) => {
+            for (key, e_value) in e {
+                let len = path.len();
+                push_key(path, key);
+                match a.get(key) {
+                    Some(a_value) => subset(e_value, a_value, path, out),
+                    None => out.push(Mismatch {
+                        path: path.clone(),
+                        expected: e_value.clone(),
+                        actual: None,
+                    }),
+                }
+                path.truncate(len);
+            }
+        }
+        _ if equal(expected, actual) => {}
+        _ => out.push(Mismatch {
+            path: path.clone(),
+            expected: expected.clone(),
+            actual: Some(actual.clone()),
+        }),
+    }
+}
+
+fn equal(a: &Json, b: &Json) -> bool {
+    match (a, b) {
+        (Json::Number(x), Json::Number(y)) => {
+            x == y || (x.is_f64() || y.is_f64()) && x.as_f64() == y.as_f64()
+        }
+        (Json::Array(x), Json::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| equal(x, y))
+        }
+        (Json::Object(x), Json::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| equal(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn push_key(path: &mut String, key: &str) {
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if plain {
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(key);
+    } else {
+        path.push('[');
+        path.push_str(&Json::String(key.to_owned()).to_string());
+        path.push(']');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use veltrix_core::config::parse_str_with_env;
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+[queues.orders]
+types = ["order.*"]
+
+[queues.other]
+types = ["*"]
+
+[pipelines.archive]
+from = ["orders"]
+sink = "out"
+processors = [
+  { type = "filter", condition = '.type != "order.ping"' },
+  { type = "remap", source = '.data.total = int!(.data.amount) * int!(.data.qty)' },
+]
+
+[pipelines.rest]
+from = ["other"]
+sink = "out"
+
+[sinks.out]
+type = "blackhole"
+"#;
+
+    fn config(tests: &str) -> Config {
+        let src = format!("{CONFIG}{tests}");
+        match parse_str_with_env(&src, "t.toml", 2, &|_| None) {
+            Ok(loaded) => loaded.config,
+            Err(d) => panic!("{}", d.iter().map(ToString::to_string).collect::<String>()),
+        }
+    }
+
+    fn run(tests: &str) -> TestOutcome {
+        let config = config(tests);
+        run_pipeline_test(&config, &config.tests[0])
+    }
+
+    const ORDER: &str = r#"{ type = "order.created", source = "/shop", id = "o-1", data = { amount = 200, qty = 2 } }"#;
+
+    #[test]
+    fn a_matching_subset_passes() {
+        let outcome = run(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"archive\"\ninput = [{ORDER}]\nexpect = [{{ id = \"o-1\", data = {{ total = 400.0 }} }}]\n"
+        ));
+        assert_eq!(outcome.failures, []);
+        assert!(outcome.passed());
+        let delivered: Vec<&Json> = outcome.delivered().collect();
+        assert_eq!(
+            delivered,
+            [
+                &json!({"specversion": "1.0", "id": "o-1", "source": "/shop", "type": "order.created",
+                "data": {"amount": 200, "qty": 2, "total": 400}})
+            ]
+        );
+    }
+
+    #[test]
+    fn a_mismatch_names_every_differing_path() {
+        let outcome = run(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"archive\"\ninput = [{ORDER}]\nexpect = [{{ type = \"order.created\", data = {{ total = 40, currency = \"EUR\" }} }}]\n"
+        ));
+        assert!(!outcome.passed());
+        assert_eq!(outcome.failures.len(), 1, "{:?}", outcome.failures);
+        let failure = &outcome.failures[0];
+        assert_eq!(
+            failure.message,
+            "delivered event 0 (from input[0], id o-1) does not match expect[0]"
+        );
+        let lines: Vec<String> = failure.mismatches.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "data.currency: expected \"EUR\", actual: missing",
+                "data.total: expected 40, actual 400",
+            ]
+        );
+    }
+
+    #[test]
+    fn arrays_must_be_equal_and_counts_must_match() {
+        let m = subset_mismatches(&json!({"a": [1, 2]}), &json!({"a": [1, 2, 3], "b": 1}));
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].path, "a");
+        assert!(
+            subset_mismatches(&json!({"a": [{"x": 1.0}]}), &json!({"a": [{"x": 1}]})).is_empty()
+        );
+        assert_eq!(
+            subset_mismatches(&json!({"a.b": 1}), &json!({}))[0].path,
+            "[\"a.b\"]"
+        );
+
+        let outcome = run(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"archive\"\ninput = [{ORDER}, {ORDER}]\nexpect = [{{}}]\n"
+        ));
+        let messages: Vec<&str> = outcome
+            .failures
+            .iter()
+            .map(|f| f.message.as_str())
+            .collect();
+        assert_eq!(
+            messages[0],
+            "expected 1 delivered event(s), the sink received 2"
+        );
+        assert!(messages[1].starts_with("unexpected delivered event 1 (from input[1])"));
+    }
+
+    #[test]
+    fn expect_none_passes_when_everything_is_filtered() {
+        let ping = r#"{ type = "order.ping", source = "/shop" }"#;
+        let outcome = run(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"archive\"\ninput = [{ping}]\nexpect_none = true\n"
+        ));
+        assert_eq!(outcome.failures, []);
+        assert_eq!(outcome.results[0].outcome, EventOutcome::Filtered);
+        assert_eq!(outcome.results[0].id.len(), 26, "a generated ULID");
+
+        let outcome = run(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"archive\"\ninput = [{ORDER}]\nexpect_none = true\n"
+        ));
+        assert_eq!(
+            outcome.failures[0].message,
+            "expected 0 delivered event(s), the sink received 1"
+        );
+    }
+
+    #[test]
+    fn expect_dead_letter_matches_processing_failures() {
+        let bad = r#"{ type = "order.created", source = "/shop", id = "bad", data = { amount = "lots", qty = 1 } }"#;
+        let outcome = run(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"archive\"\ninput = [{bad}]\nexpect_dead_letter = \"remap\"\n"
+        ));
+        assert_eq!(outcome.failures, []);
+        let EventOutcome::DeadLettered(reason) = &outcome.results[0].outcome else {
+            panic!("{:?}", outcome.results);
+        };
+        assert!(reason.starts_with("processor 1 (remap)"), "{reason}");
+
+        let outcome = run(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"archive\"\ninput = [{bad}]\nexpect_dead_letter = \"filter\"\n"
+        ));
+        assert_eq!(outcome.failures.len(), 1);
+        assert_eq!(outcome.failures[0].mismatches[0].path, "reason");
+
+        // Unexpected dead letters fail a test that expects deliveries.
+        let outcome = run(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"archive\"\ninput = [{bad}]\nexpect_none = true\n"
+        ));
+        assert!(
+            outcome.failures[0]
+                .message
+                .starts_with("input[0] (id bad) was dead-lettered: processor 1")
+        );
+
+        let outcome = run(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"archive\"\ninput = [{ORDER}]\nexpect = [{{}}]\nexpect_dead_letter = true\n"
+        ));
+        assert_eq!(
+            outcome.failures[0].message,
+            "expected a dead-lettered event, but no processor failed"
+        );
+    }
+
+    #[test]
+    fn events_routed_elsewhere_never_reach_the_pipeline() {
+        let outcome = run(
+            "[[tests]]\nname = \"t\"\npipeline = \"archive\"\ninput = [{ type = \"user.created\", source = \"/u\", id = \"u\" }]\nexpect_none = true\n",
+        );
+        assert_eq!(
+            outcome.failures[0].message,
+            "input[0] (id u) never reaches the pipeline: type `user.created` is routed to queue \
+             `other`, which pipeline `archive` does not read"
+        );
+    }
+
+    #[test]
+    fn a_pipeline_without_processors_delivers_the_stored_event() {
+        let outcome = run(
+            "[[tests]]\nname = \"t\"\npipeline = \"rest\"\ninput = [{ type = \"user.created\", source = \"/u\", id = \"u\", data = { n = 1 } }]\nexpect = [{ data = { n = 1 } }]\n",
+        );
+        assert_eq!(outcome.failures, []);
+    }
+}
