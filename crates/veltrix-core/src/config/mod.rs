@@ -21,6 +21,7 @@
 //! [`Config::default_config`] is used (one catch-all queue into an NDJSON file).
 
 mod diagnostic;
+mod include;
 mod interpolate;
 pub mod lints;
 mod reference;
@@ -455,7 +456,13 @@ pub fn parse_str_with_env(
         cores: cores.max(1),
         diagnostics: Vec::new(),
     };
-    let config = decoder.root(&root);
+    let mut config = decoder.root(&root);
+    if !decoder.diagnostics.iter().any(Diagnostic::is_error) {
+        let pipelines: Vec<&str> = config.pipelines.keys().map(String::as_str).collect();
+        let mut tests = std::mem::take(&mut config.tests);
+        decoder.include(root.get_ref(), &pipelines, &mut tests, env);
+        config.tests = tests;
+    }
     let mut diagnostics = decoder.diagnostics;
     let locations = Locations::new(&source, root.get_ref());
     if !diagnostics.iter().any(Diagnostic::is_error) {
@@ -484,6 +491,7 @@ const ROOT_KEYS: &[&str] = &[
     "pipelines",
     "sinks",
     "tests",
+    "include",
 ];
 const API_KEYS: &[&str] = &["address", "token"];
 const HTTP_SOURCE_KEYS: &[&str] = &["type", "address", "body_bytes_max", "tokens"];

@@ -151,6 +151,14 @@ pub fn reference() -> Vec<SectionDoc> {
                     "",
                     "Unit tests of the pipelines, run by `veltrix test`: see `[[tests]]`.",
                 ),
+                key(
+                    "include",
+                    "array of strings (paths)",
+                    value("[]"),
+                    "only the file name may hold `*`/`?`",
+                    "Files holding more `[[tests]]` (and nothing else), relative to this config's \
+                     directory, e.g. `[\"tests/*.toml\"]`; a pattern matching no file is an error.",
+                ),
             ],
         },
         SectionDoc {

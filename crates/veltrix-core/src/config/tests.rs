@@ -724,3 +724,42 @@ fn an_http_source_may_require_tokens() {
         "an empty token",
     );
 }
+
+#[test]
+fn included_test_files_add_tests_and_report_their_own_locations() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("t")).unwrap();
+    let main = "include = [\"t/*.toml\"]\n[queues.q]\ntypes = [\"*\"]\n[pipelines.p]\nfrom = [\"q\"]\nsink = \"s\"\n[sinks.s]\ntype = \"stdout\"\n";
+    let good = "[[tests]]\nname = \"a\"\npipeline = \"p\"\ninput = [{ type = \"t\", source = \"/s\" }]\nexpect_none = true\n";
+    std::fs::write(dir.path().join("t/a.toml"), good).unwrap();
+    std::fs::write(dir.path().join("t/b.toml"), good.replace("\"a\"", "\"b\"")).unwrap();
+    std::fs::write(dir.path().join("t/ignored.txt"), "not toml").unwrap();
+    let path = dir.path().join("veltrix.toml");
+    std::fs::write(&path, main).unwrap();
+    let loaded = load(&path, 2).expect("valid");
+    let names: Vec<&str> = loaded
+        .config
+        .tests
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+
+    std::fs::write(
+        dir.path().join("t/b.toml"),
+        "[[tests]]\nname = \"b\"\npipline = \"p\"\n",
+    )
+    .unwrap();
+    let errors = load(&path, 2).unwrap_err();
+    let bad = errors
+        .iter()
+        .find(|d| d.message.contains("pipline"))
+        .expect("the typo is reported");
+    assert!(bad.file.ends_with("t/b.toml"), "{bad}");
+    assert_eq!((bad.line, bad.col), (3, 1));
+
+    std::fs::write(&path, main.replace("t/*.toml", "none/*.toml")).unwrap();
+    let errors = load(&path, 2).unwrap_err();
+    assert_eq!((errors[0].line, errors[0].col), (1, 12), "{}", errors[0]);
+    assert!(errors[0].message.contains("none/*.toml"));
+}
