@@ -440,15 +440,7 @@ impl Cursor {
                 }
             }
         }
-        if skipped > 0 {
-            self.shared
-                .stats
-                .quarantined_records
-                .fetch_add(skipped, Ordering::Relaxed);
-            if let Some(observer) = &self.shared.opts.observer {
-                observer.on_quarantine(skipped);
-            }
-        }
+        self.count_quarantined(skipped);
         let first_offset = spans.first().map_or(self.read.offset, |s| s.0);
         self.register(InflightBatch {
             segment,
@@ -473,18 +465,26 @@ impl Cursor {
         ))
     }
 
+    /// Counts records skipped in a damaged range (stats and observer).
+    fn count_quarantined(&self, records: u64) {
+        if records == 0 {
+            return;
+        }
+        self.shared
+            .stats
+            .quarantined_records
+            .fetch_add(records, Ordering::Relaxed);
+        if let Some(observer) = &self.shared.opts.observer {
+            observer.on_quarantine(records);
+        }
+    }
+
     /// Moves reading to `to`, counting any records in between as quarantined (damage at the end
     /// of a sealed segment).
     fn skip_to(&mut self, to: Position) {
         let skipped = to.offset.saturating_sub(self.read.offset);
         if skipped > 0 {
-            self.shared
-                .stats
-                .quarantined_records
-                .fetch_add(skipped, Ordering::Relaxed);
-            if let Some(observer) = &self.shared.opts.observer {
-                observer.on_quarantine(skipped);
-            }
+            self.count_quarantined(skipped);
             // Nothing is in flight for the skipped range: record it as an empty, acknowledged
             // batch so the committed position can pass it.
             let _ = self.register(InflightBatch {

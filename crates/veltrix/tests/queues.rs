@@ -450,21 +450,11 @@ async fn when_full_drop_newest_accepts_and_counts_what_it_drops() {
     let receiver = Receiver::start().await;
     receiver.set_mode(Mode::Fail);
     let dir = tempfile::tempdir().unwrap();
-    let topology = format!(
-        r#"
-[queues.q]
-types = ["*"]
-max_events = 50
-when_full = "drop_newest"
-[pipelines.p]
-from = ["q"]
-retry = {{ attempts_max = 1000, backoff_initial = "50ms", backoff_max = "100ms" }}
-sink = "downstream"
-[sinks.downstream]
-type = "http"
-url = "{}"
-"#,
-        receiver.url
+    let topology = stuck_behind(
+        &receiver.url,
+        "max_events = 50\nwhen_full = \"drop_newest\"\n",
+        "50ms",
+        "100ms",
     );
     let engine = Engine::start(&config(dir.path(), &topology));
     let mut dropped = 0;
@@ -503,21 +493,11 @@ async fn when_full_drop_oldest_makes_room_for_new_events() {
     let receiver = Receiver::start().await;
     receiver.set_mode(Mode::Fail);
     let dir = tempfile::tempdir().unwrap();
-    let topology = format!(
-        r#"
-[queues.q]
-types = ["*"]
-max_bytes = "64KiB"
-when_full = "drop_oldest"
-[pipelines.p]
-from = ["q"]
-retry = {{ attempts_max = 1000, backoff_initial = "50ms", backoff_max = "100ms" }}
-sink = "downstream"
-[sinks.downstream]
-type = "http"
-url = "{}"
-"#,
-        receiver.url
+    let topology = stuck_behind(
+        &receiver.url,
+        "max_bytes = \"64KiB\"\nwhen_full = \"drop_oldest\"\n",
+        "50ms",
+        "100ms",
     );
     let engine = Engine::start(&config(dir.path(), &topology));
     let sent = ids("o", 1000);
@@ -549,6 +529,22 @@ url = "{}"
     assert!(engine.stop().success());
 }
 
+/// One queue `q` (with extra `queue_settings` lines) read by pipeline `p` into an http sink at
+/// `url` that is retried (almost) forever with the given backoff: events stay queued while the
+/// receiver fails.
+fn stuck_behind(
+    url: &str,
+    queue_settings: &str,
+    backoff_initial: &str,
+    backoff_max: &str,
+) -> String {
+    format!(
+        "[queues.q]\ntypes = [\"*\"]\n{queue_settings}[pipelines.p]\nfrom = [\"q\"]\n\
+         retry = {{ attempts_max = 1000, backoff_initial = \"{backoff_initial}\", backoff_max = \"{backoff_max}\" }}\n\
+         sink = \"downstream\"\n[sinks.downstream]\ntype = \"http\"\nurl = \"{url}\"\n"
+    )
+}
+
 /// Resident set size of a process, from /proc.
 fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -566,21 +562,7 @@ async fn memory_stays_bounded_while_the_backlog_grows_far_past_it() {
     let receiver = Receiver::start().await;
     receiver.set_mode(Mode::Fail);
     let dir = tempfile::tempdir().unwrap();
-    let topology = format!(
-        r#"
-[queues.q]
-types = ["*"]
-max_bytes = "2GiB"
-[pipelines.p]
-from = ["q"]
-retry = {{ attempts_max = 1000, backoff_initial = "100ms", backoff_max = "200ms" }}
-sink = "downstream"
-[sinks.downstream]
-type = "http"
-url = "{}"
-"#,
-        receiver.url
-    );
+    let topology = stuck_behind(&receiver.url, "max_bytes = \"2GiB\"\n", "100ms", "200ms");
     let engine = Engine::start(&config(dir.path(), &topology));
     let pid = engine.child.id();
     // ~1 MiB requests of ~1 KiB events until the backlog is 3× the memory bound.
