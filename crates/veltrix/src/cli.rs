@@ -113,6 +113,9 @@ Examples:
         format: crate::test_cmd::TestFormat,
     },
     /// Print the built-in default config or the configuration reference.
+    #[command(
+        after_help = "Examples:\n  veltrix config default > veltrix.toml\n  veltrix config reference > docs/configuration.md"
+    )]
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
@@ -135,11 +138,17 @@ Examples:
         json: Vec<String>,
     },
     /// Look at queues on disk (read-only, safe while an engine runs).
+    #[command(
+        after_help = "Examples:\n  veltrix queue inspect\n  veltrix queue inspect -c examples/orders.toml critical --json"
+    )]
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
     },
     /// List, replay or purge a pipeline's dead-lettered events on a running engine.
+    #[command(
+        after_help = "Examples:\n  veltrix dlq list archive\n  veltrix dlq replay archive --all\n  veltrix dlq purge archive --id o-1 --api http://127.0.0.1:8081"
+    )]
     Dlq {
         #[command(flatten)]
         api: ApiArgs,
