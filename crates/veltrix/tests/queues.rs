@@ -10,6 +10,10 @@ use serde_json::{Value, json};
 mod support;
 use support::*;
 
+/// The tests that report timings or memory run one at a time, so a flood in one does not
+/// distort the figures of another on a 2-core machine.
+static TIMED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn order(id: &str, ty: &str) -> Value {
     json!({"specversion": "1.0", "id": id, "source": "/test", "type": ty, "data": {"n": 1}})
 }
@@ -339,6 +343,7 @@ url = "{url}"
 
 #[tokio::test(flavor = "multi_thread")]
 async fn critical_events_stay_fast_while_a_low_priority_queue_floods() {
+    let _alone = TIMED.lock().await;
     let receiver = Receiver::start().await;
     // 20 ms per batch of at most 20: the pipeline's capacity is about 1,000 events/s.
     receiver.set_delay(Duration::from_millis(20));
@@ -398,6 +403,7 @@ async fn critical_events_stay_fast_while_a_low_priority_queue_floods() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_low_priority_event_waits_no_longer_than_starvation_max() {
+    let _alone = TIMED.lock().await;
     let receiver = Receiver::start().await;
     receiver.set_delay(Duration::from_millis(20));
     let dir = tempfile::tempdir().unwrap();
@@ -558,6 +564,7 @@ fn rss_bytes(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_stays_bounded_while_the_backlog_grows_far_past_it() {
+    let _alone = TIMED.lock().await;
     const RSS_BOUND: u64 = 96 << 20;
     let receiver = Receiver::start().await;
     receiver.set_mode(Mode::Fail);
@@ -592,6 +599,7 @@ async fn memory_stays_bounded_while_the_backlog_grows_far_past_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_event_holds_up_the_events_behind_it_at_most_attempts_max_times_backoff_max() {
+    let _alone = TIMED.lock().await;
     let receiver = Receiver::start().await;
     receiver.set_mode(Mode::FailPoison);
     let dir = tempfile::tempdir().unwrap();
