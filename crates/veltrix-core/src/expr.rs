@@ -356,6 +356,30 @@ pub fn event_to_value(event: &Event) -> Result<Value, InvalidEvent> {
     Ok(Value::Object(object))
 }
 
+/// The VRL value of a stored event (the compact JSON [`Event::to_json_bytes`] writes), read
+/// straight from its bytes: for every record the engine stores, the same value as
+/// `event_to_value(&Event::from_stored(bytes)?)`, without building the [`Event`] in between (one
+/// allocation per attribute fewer). `None` when the bytes are not a JSON object with
+/// `specversion` "1.0" and non-empty string `id`, `source` and `type`, or hold JSON VRL cannot
+/// represent: the caller then takes the validating path, which says what is wrong.
+pub fn stored_to_value(bytes: &[u8]) -> Option<Value> {
+    let value: Value = serde_json::from_slice(bytes).ok()?;
+    let Value::Object(object) = &value else {
+        return None;
+    };
+    let is = |name: &str, ok: &dyn Fn(&str) -> bool| {
+        object
+            .get(name)
+            .and_then(Value::to_str_lossy)
+            .is_some_and(|s| ok(&s))
+    };
+    let required = is("specversion", &|s| s == crate::event::SPEC_VERSION)
+        && is("id", &|s| !s.is_empty())
+        && is("source", &|s| !s.is_empty())
+        && is("type", &|s| !s.is_empty());
+    required.then_some(value)
+}
+
 /// The event a VRL value describes, validated like an ingested event (a remap may have broken
 /// it). A missing `id` gets a new ULID; timestamps become RFC 3339 strings.
 pub fn value_to_event(value: &Value) -> Result<Event, InvalidEvent> {
@@ -538,6 +562,36 @@ mod tests {
             value_to_event(&event_to_value(&original).unwrap()).unwrap(),
             original
         );
+    }
+
+    #[test]
+    fn a_stored_event_reads_as_the_same_value_as_through_event() {
+        for json in [
+            PAYMENT,
+            r#"{"specversion":"1.0","id":"9","source":"/s","type":"t","time":"2024-01-01T00:00:00Z","subject":"x","datacontenttype":"text/plain","dataschema":"https://s/1","flag":true,"n":-7,"data_base64":"AA=="}"#,
+            r#"{"specversion":"1.0","id":"2","source":"/s","type":"t","data":[1,2.5,"x",null,{"a":{"b":true}}]}"#,
+            r#"{"specversion":"1.0","id":"3","source":"/s","type":"t","data":"\u00e9\n\"q\""}"#,
+            r#"{"specversion":"1.0","id":"4","source":"/s","type":"t","data":18446744073709551615}"#,
+        ] {
+            let original = event(json);
+            let mut stored = Vec::new();
+            original.to_json_bytes(&mut stored);
+            assert_eq!(
+                stored_to_value(&stored),
+                Some(event_to_value(&original).unwrap()),
+                "{json}"
+            );
+        }
+        for not_an_event in [
+            &br#"[1]"#[..],
+            br#"{"specversion":"1.0","id":"","source":"/s","type":"t"}"#,
+            br#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#,
+            br#"{"specversion":"1.0","id":"1","type":"t"}"#,
+            br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"x":1e400}}"#,
+            b"{",
+        ] {
+            assert_eq!(stored_to_value(not_an_event), None);
+        }
     }
 
     #[test]

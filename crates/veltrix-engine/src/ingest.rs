@@ -23,7 +23,7 @@ use crate::problem::{EventProblem, Problem};
 use crate::queues::Queue;
 use crate::record;
 use crate::stats::SourceCounters;
-use veltrix_core::config::WhenFull;
+use veltrix_core::config::{self, WhenFull};
 
 /// Shared by every ingest request.
 pub(crate) struct IngestState {
@@ -197,34 +197,11 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
     } else {
         Vec::new()
     };
-    let mut per_queue: Vec<Vec<Vec<u8>>> = vec![Vec::new(); routing.queues.len()];
-    let mut unroutable = Vec::new();
-    for (index, event) in events.iter().enumerate() {
-        match routing.router.route(event.ty()) {
-            Some(queue) => {
-                let mut stored = Vec::with_capacity(256);
-                record::begin(&mut stored, accepted_at);
-                event.to_json_bytes(&mut stored);
-                per_queue[queue.0].push(stored);
-            }
-            None => unroutable.push(EventProblem {
-                index,
-                message: format!("no queue takes event type `{}`", event.ty()),
-            }),
-        }
-    }
-    if !unroutable.is_empty() {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unroutable-events",
-            "Unroutable events",
-            format!(
-                "{} event(s) match no queue's `types`; nothing of this request was accepted (add a catch-all queue with types = [\"*\"] to take every type)",
-                unroutable.len()
-            ),
-        )
-        .with_errors(unroutable));
-    }
+    let mut per_queue =
+        match store_routed(&events, &routing.router, routing.queues.len(), accepted_at) {
+            Ok(per_queue) => per_queue,
+            Err(unroutable) => return Err(unroutable_problem(unroutable)),
+        };
     // Check every queue's room first, so a request spread over several queues is refused whole
     // when one is full (a concurrent request can still take the room in between: then the
     // earlier queues keep their share and the client's retry deduplicates by id). Queues that
@@ -234,7 +211,7 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
         if batch.is_empty() {
             continue;
         }
-        if let Err(e) = make_room(queue, batch) {
+        if let Err(e) = make_room(queue, &batch.slices()) {
             if !matches!(e, veltrix_log::Error::Full(_))
                 || queue.when_full == WhenFull::Backpressure
             {
@@ -256,7 +233,7 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
         }
         let ticket = queue
             .log
-            .append_batch(batch)
+            .append_batch(&batch.slices())
             .map_err(|e| append_problem(&queue.name, e))?;
         tickets.push((queue, ticket));
     }
@@ -269,6 +246,116 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
     })
 }
 
+fn unroutable_problem(unroutable: Vec<EventProblem>) -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unroutable-events",
+        "Unroutable events",
+        format!(
+            "{} event(s) match no queue's `types`; nothing of this request was accepted (add a catch-all queue with types = [\"*\"] to take every type)",
+            unroutable.len()
+        ),
+    )
+    .with_errors(unroutable)
+}
+
+/// One queue's share of a request in stored form: every record in one buffer, one after the
+/// other, so a request costs a couple of allocations per queue rather than one per event.
+#[derive(Debug, Default)]
+pub struct QueueRecords {
+    buf: Vec<u8>,
+    /// Where each record ends in `buf` (the next one starts there).
+    ends: Vec<usize>,
+}
+
+impl QueueRecords {
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The records, in request order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|(start, &end)| &self.buf[start..end])
+    }
+
+    /// The records as slices, the form `Log::append_batch` takes.
+    pub fn slices(&self) -> Vec<&[u8]> {
+        let mut slices = Vec::with_capacity(self.len());
+        slices.extend(self.iter());
+        slices
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.ends.clear();
+    }
+}
+
+/// The pure middle of ingest: routes every decoded event and encodes it in stored form
+/// (`record::begin` + compact JSON) into its queue's records. All or nothing: `Err` names every
+/// event no queue takes.
+pub(crate) fn store_routed(
+    events: &[event::Event],
+    router: &config::Router,
+    queues: usize,
+    accepted_at: u64,
+) -> Result<Vec<QueueRecords>, Vec<EventProblem>> {
+    let mut routes = Vec::with_capacity(events.len());
+    let mut counts = vec![0usize; queues];
+    let mut unroutable = Vec::new();
+    for (index, event) in events.iter().enumerate() {
+        match router.route(event.ty()) {
+            Some(queue) => {
+                counts[queue.0] += 1;
+                routes.push(queue.0);
+            }
+            None => unroutable.push(EventProblem {
+                index,
+                message: format!("no queue takes event type `{}`", event.ty()),
+            }),
+        }
+    }
+    if !unroutable.is_empty() {
+        return Err(unroutable);
+    }
+    // Stored records are about as long as the events were in the body, plus the prefix: size
+    // each queue's buffer from its share so it is allocated once.
+    let per_event = events.iter().map(stored_estimate).sum::<usize>() / events.len().max(1);
+    let mut per_queue: Vec<QueueRecords> = counts
+        .iter()
+        .map(|&n| QueueRecords {
+            buf: Vec::with_capacity(n * per_event),
+            ends: Vec::with_capacity(n),
+        })
+        .collect();
+    for (event, queue) in events.iter().zip(routes) {
+        let records = &mut per_queue[queue];
+        record::begin(&mut records.buf, accepted_at);
+        event.to_json_bytes(&mut records.buf);
+        records.ends.push(records.buf.len());
+    }
+    Ok(per_queue)
+}
+
+/// About how many bytes `event` takes in stored form (a lower bound plus slack; only sizes
+/// buffers).
+fn stored_estimate(event: &event::Event) -> usize {
+    let data = match event.data() {
+        Some(event::Data::Json(raw)) => raw.get().len(),
+        Some(event::Data::Base64(b64)) => b64.len(),
+        None => 0,
+    };
+    8 + 64 + event.id().len() + event.source().len() + event.ty().len() + data
+}
+
 /// Events of one request: how many were stored, and how many a `drop_*` queue discarded.
 pub(crate) struct Accepted {
     accepted: usize,
@@ -276,7 +363,7 @@ pub(crate) struct Accepted {
 }
 
 /// Checks `batch` fits in `queue`; a `drop_oldest` queue drops whole old segments until it does.
-fn make_room(queue: &Queue, batch: &[Vec<u8>]) -> Result<(), veltrix_log::Error> {
+fn make_room(queue: &Queue, batch: &[&[u8]]) -> Result<(), veltrix_log::Error> {
     loop {
         match queue.log.check_batch(batch) {
             Err(veltrix_log::Error::Full(reason)) if queue.when_full == WhenFull::DropOldest => {

@@ -12,6 +12,9 @@
 
 mod api;
 mod auth;
+/// For benches, not a stable API: thin wrappers over the hot path for `benches/`.
+#[doc(hidden)]
+pub mod bench_support;
 mod components;
 mod dashboard;
 mod deadletter;

@@ -1,9 +1,9 @@
 //! A pipeline's processor chain, run by each worker on every event of a batch.
 //!
 //! Events are stored in the queue as compact structured-mode CloudEvent JSON. With no
-//! processors the stored bytes are delivered as they are (no decode at all); otherwise the event
-//! is decoded once, turned into a VRL value, run through every filter and remap, and encoded
-//! back.
+//! processors the stored bytes are delivered as they are (no decode at all); otherwise the stored
+//! JSON is read once straight into a VRL value (`expr::stored_to_value`), run through every filter
+//! and remap, validated as a CloudEvent and encoded back.
 
 use veltrix_core::config::ProcessorConfig;
 use veltrix_core::event::Event;
@@ -38,13 +38,20 @@ impl Chain {
             out.push(b'\n');
             return Outcome::Emitted;
         }
-        let event = match Event::from_stored(stored) {
-            Ok(e) => e,
-            Err(e) => return Outcome::Failed(format!("stored event is unreadable: {e}")),
-        };
-        let mut value = match expr::event_to_value(&event) {
-            Ok(v) => v,
-            Err(e) => return Outcome::Failed(e.to_string()),
+        // Straight from the stored JSON to a VRL value; a record that does not read that way
+        // takes the validating path, which names the problem.
+        let mut value = match expr::stored_to_value(stored) {
+            Some(v) => v,
+            None => {
+                let event = match Event::from_stored(stored) {
+                    Ok(e) => e,
+                    Err(e) => return Outcome::Failed(format!("stored event is unreadable: {e}")),
+                };
+                match expr::event_to_value(&event) {
+                    Ok(v) => v,
+                    Err(e) => return Outcome::Failed(e.to_string()),
+                }
+            }
         };
         for (i, p) in self.processors.iter().enumerate() {
             match p {

@@ -158,7 +158,7 @@ impl HttpSink {
 }
 
 /// NDJSON lines (compact JSON, so no raw newline inside one) as a JSON array.
-fn ndjson_to_array(ndjson: &[u8]) -> Vec<u8> {
+pub(crate) fn ndjson_to_array(ndjson: &[u8]) -> Vec<u8> {
     let body = ndjson.strip_suffix(b"\n").unwrap_or(ndjson);
     let mut out = Vec::with_capacity(body.len() + 2);
     out.push(b'[');

@@ -169,6 +169,78 @@ Examples:
         #[arg(long)]
         once: bool,
     },
+    /// Load-test a running engine (open loop: fixed arrival schedule, latency from the scheduled
+    /// send time) and report rate, request and end-to-end latency, engine CPU and RSS.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  veltrix bench --rate 100000 --duration 30s\n  veltrix bench --rate max --batch 1000 --payload-bytes 250 --json\n  veltrix bench --spawn deploy/bench/memory-blackhole.toml --rate max\n  veltrix bench --content-type structured --connections 64 --rate max\n  veltrix bench --rate 10000 --batch 10 --type-mix \"order.created=8,payment.captured=2\"\n  veltrix bench discard-server --address 127.0.0.1:9090   # the HTTP ceiling\n\nE2e latency comes from the engine's /metrics histogram (bucket resolution); CPU and RSS from\n/api/v1/stats. scripts/bench.sh runs the whole suite."
+    )]
+    Bench {
+        #[command(subcommand)]
+        command: Option<BenchCommand>,
+        #[command(flatten)]
+        args: BenchCli,
+    },
+}
+
+#[derive(clap::Args)]
+struct BenchCli {
+    /// The ingest endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:8080/v1/events")]
+    url: String,
+    /// The engine's admin API (for /metrics and /api/v1/stats).
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    api: String,
+    /// Events per second (open loop), or `max` (closed loop: each connection sends as soon as
+    /// its previous request is answered).
+    #[arg(long, default_value = "max", value_parser = crate::bench::parse_rate)]
+    rate: crate::bench::Rate,
+    /// How long to measure.
+    #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+    duration: std::time::Duration,
+    /// Load before measuring (sent, not recorded).
+    #[arg(long, default_value = "3s", value_parser = humantime_duration)]
+    warmup: std::time::Duration,
+    /// Keep-alive connections (one request in flight on each).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Events per request (ignored by `structured`).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Request body format.
+    #[arg(long, value_enum, default_value = "ndjson")]
+    content_type: crate::bench::BodyKind,
+    /// Event types and their weights.
+    #[arg(long, default_value = "order.created=8,payment.captured=2", value_parser = crate::bench::parse_type_mix)]
+    type_mix: crate::bench::TypeMix,
+    /// Approximate size of one event in bytes.
+    #[arg(long, default_value_t = 250)]
+    payload_bytes: usize,
+    /// Bearer token for ingest and the admin API.
+    #[arg(long, env = "VELTRIX_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Start `veltrix run -c CONFIG` for the run (addresses from its banner, so port 0 works),
+    /// stop it with SIGTERM afterwards; overrides --url and --api.
+    #[arg(long, value_name = "CONFIG")]
+    spawn: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// A minimal HTTP server that reads each body fully and answers 202 `{"accepted":N}`
+    /// without parsing (N: the body's lines): the HTTP ceiling to compare the engine with.
+    /// Prints its URL on stdout.
+    #[command(
+        after_help = "Examples:\n  veltrix bench discard-server\n  veltrix bench discard-server --address 127.0.0.1:9090 &\n  veltrix bench --url http://127.0.0.1:9090/v1/events --rate max"
+    )]
+    DiscardServer {
+        /// Where to listen (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        address: String,
+    },
 }
 
 /// How to reach a running engine's admin API.
@@ -364,6 +436,28 @@ pub(crate) fn main() -> ExitCode {
             Err(code) => code,
             Ok(target) => crate::top::top(&target, interval, once),
         },
+        Command::Bench {
+            command: Some(BenchCommand::DiscardServer { address }),
+            ..
+        } => crate::bench::discard_server(&address),
+        Command::Bench {
+            command: None,
+            args,
+        } => crate::bench::bench(crate::bench::BenchArgs {
+            url: args.url,
+            api: args.api,
+            rate: args.rate,
+            duration: args.duration,
+            warmup: args.warmup,
+            connections: args.connections,
+            batch: args.batch,
+            kind: args.content_type,
+            type_mix: args.type_mix,
+            payload_bytes: args.payload_bytes,
+            token: args.token,
+            json: args.json,
+            spawn: args.spawn,
+        }),
     };
     ExitCode::from(code)
 }

@@ -1,6 +1,7 @@
 //! `veltrix`: the command line. `main` only maps the outcome to an exit code; the commands live
 //! in their own modules.
 
+mod bench;
 mod cli;
 mod config_cmd;
 mod dlq;

@@ -1,0 +1,73 @@
+//! Entry points for the benchmarks in `benches/` — for benches, not a stable API.
+//!
+//! Each function is a thin wrapper over the code the engine runs, so `cargo bench -p
+//! veltrix-engine` measures the real hot path: the ingest encoding ([`encode_request`]: decode,
+//! route, stored form, exactly as `POST /v1/events` does before appending), a pipeline's
+//! processor chain ([`Pipeline`]: what a worker runs per record) and the http sink's body
+//! ([`http_sink_body`]). Nothing here is used by the engine itself.
+
+use veltrix_core::config::{PipelineConfig, Router};
+use veltrix_core::event::{self, DecodeError};
+use veltrix_core::expr::Runtime;
+
+pub use crate::ingest::QueueRecords;
+use crate::processors::{Chain, Outcome};
+use crate::record;
+
+/// Ingest's pure part for one request body: `decode_body`, routing, and the stored form of every
+/// event, grouped per queue (`queues` is the number of queues the router knows). No headers
+/// (structured and batch modes need none). The error is the request's problem in one line.
+pub fn encode_request(
+    content_type: &str,
+    body: &[u8],
+    router: &Router,
+    queues: usize,
+    accepted_at: u64,
+) -> Result<Vec<QueueRecords>, String> {
+    let no_headers: &[(&str, &str)] = &[];
+    let events = event::decode_body(content_type, no_headers, body).map_err(|e| match e {
+        DecodeError::Invalid(errors) => format!("{} invalid event(s)", errors.len()),
+        other => other.to_string(),
+    })?;
+    crate::ingest::store_routed(&events, router, queues, accepted_at)
+        .map_err(|unroutable| format!("{} unroutable event(s)", unroutable.len()))
+}
+
+/// Starts a stored record accepted at `accepted_at` and appends `event` to it, as ingest does.
+pub fn store(event: &event::Event, accepted_at: u64, out: &mut Vec<u8>) {
+    record::begin(out, accepted_at);
+    event.to_json_bytes(out);
+}
+
+/// A pipeline's processor chain with a worker's VRL runtime.
+pub struct Pipeline {
+    chain: Chain,
+    runtime: Runtime,
+}
+
+impl Pipeline {
+    /// The chain a worker of `pipeline` runs.
+    pub fn new(pipeline: &PipelineConfig) -> Pipeline {
+        Pipeline {
+            chain: Chain::new(pipeline.processors.clone()),
+            runtime: Runtime::new(),
+        }
+    }
+
+    /// Runs the chain on one stored record (prefix + JSON) as a worker does, appending the
+    /// delivered NDJSON line to `out`. `Ok(true)`: emitted; `Ok(false)`: filtered; `Err`: the
+    /// event would be dead-lettered, with why.
+    pub fn apply(&mut self, stored: &[u8], out: &mut Vec<u8>) -> Result<bool, String> {
+        let (_, body) = record::split(stored);
+        match self.chain.apply(body, &mut self.runtime, out) {
+            Outcome::Emitted => Ok(true),
+            Outcome::Filtered => Ok(false),
+            Outcome::Failed(why) => Err(why),
+        }
+    }
+}
+
+/// The body the http sink POSTs for a batch of NDJSON lines: one JSON array.
+pub fn http_sink_body(ndjson: &[u8]) -> Vec<u8> {
+    crate::sink::ndjson_to_array(ndjson)
+}

@@ -1,0 +1,119 @@
+//! `veltrix bench`: against an engine it starts itself (`--spawn`), and the discard server.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use support::BIN;
+
+#[test]
+fn bench_spawns_an_engine_and_reports_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::config(
+        dir.path(),
+        r#"
+[queues.scratch]
+types = ["*"]
+durability = "memory"
+[pipelines.discard]
+from = ["scratch"]
+sink = "nothing"
+[sinks.nothing]
+type = "blackhole"
+"#,
+    );
+    let output = Command::new(BIN)
+        .env("VELTRIX_LOG", "warn")
+        .args(["bench", "--spawn"])
+        .arg(&config)
+        .args([
+            "--duration",
+            "2s",
+            "--warmup",
+            "0s",
+            "--rate",
+            "2000",
+            "--batch",
+            "10",
+        ])
+        .args(["--connections", "2", "--json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "exit {:?}", output.status);
+    let doc: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert!(doc["accepted_events"].as_u64().unwrap() > 0, "{doc}");
+    assert_eq!(doc["batch"], 10);
+    assert_eq!(doc["mode"], "open-loop");
+    assert_eq!(doc["rejected_requests"], serde_json::json!({}));
+    assert!(doc["events_per_second"].as_f64().unwrap() > 0.0);
+    assert!(doc["requests_per_second"].as_f64().unwrap() > 0.0);
+    for key in ["p50", "p90", "p99", "p99_9", "max"] {
+        assert!(
+            doc["request_latency_seconds"][key].as_f64().unwrap() > 0.0,
+            "{key}: {doc}"
+        );
+    }
+    // Delivered events were seen in the engine's e2e histogram.
+    let e2e = &doc["e2e_latency_seconds"];
+    assert!(e2e["count"].as_u64().unwrap() > 0, "{doc}");
+    assert!(e2e["p50"].as_f64().is_some(), "{doc}");
+    assert!(
+        doc["engine"]["rss_max_bytes"].as_u64().unwrap() > 0,
+        "{doc}"
+    );
+    assert!(doc["engine"]["cpu_cores"].as_f64().is_some(), "{doc}");
+}
+
+#[tokio::test]
+async fn discard_server_accepts_everything_and_bench_measures_it() {
+    let mut server = Command::new(BIN)
+        .args(["bench", "discard-server"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().to_owned();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/v1/events"),
+        "{url}"
+    );
+
+    let body = b"{\"a\":1}\n{\"b\":2}\nnot even json\n".to_vec();
+    let (status, answer) = support::post(&url, "application/x-ndjson", body, &[]).await;
+    assert_eq!(status, 202);
+    assert_eq!(answer, serde_json::json!({"accepted": 3}));
+
+    // The same server as a bench target (no admin API: no e2e, no engine figures).
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["bench", "--url", &url, "--api", "http://127.0.0.1:9"])
+            .args([
+                "--duration",
+                "1s",
+                "--warmup",
+                "0s",
+                "--rate",
+                "max",
+                "--batch",
+                "100",
+            ])
+            .args(["--connections", "2", "--json"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(output.status.success(), "exit {:?}", output.status);
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(doc["mode"], "closed-loop");
+    assert!(doc["accepted_events"].as_u64().unwrap() >= 100, "{doc}");
+    assert!(doc["e2e_latency_seconds"].is_null(), "{doc}");
+}
