@@ -257,10 +257,12 @@ impl Engine {
                     let state = Arc::new(ingest::IngestState {
                         source: name.clone(),
                         counters: counters.clone(),
+                        received: metrics::counter!("veltrix_events_received_total", "source" => name.clone()),
                         live: live.clone(),
                         body_bytes_max: http.body_bytes_max.bytes(),
                         tokens: http.tokens.clone(),
                         accepting: accepting.clone(),
+                        body_budget: ingest::body_budget(http.body_bytes_max.bytes()),
                     });
                     let (listener, address) =
                         bind(format!("source `{name}`"), http.address).await?;

@@ -9,6 +9,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::sync::Semaphore;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -30,6 +32,8 @@ pub(crate) struct IngestState {
     /// The source's name (metrics label).
     pub(crate) source: String,
     pub(crate) counters: Arc<SourceCounters>,
+    /// `veltrix_events_received_total` for this source, resolved once.
+    pub(crate) received: metrics::Counter,
     /// Routing and queues (swapped by reloads).
     pub(crate) live: Arc<Live>,
     pub(crate) body_bytes_max: u64,
@@ -37,6 +41,30 @@ pub(crate) struct IngestState {
     pub(crate) tokens: Vec<String>,
     /// False once shutdown began: requests get 503.
     pub(crate) accepting: Arc<AtomicBool>,
+    /// Bytes of request bodies this source may hold at once (see [`body_budget`]); requests
+    /// beyond it wait for room before their body is read, so concurrent producers cannot push
+    /// memory past the bound.
+    pub(crate) body_budget: Arc<Semaphore>,
+}
+
+/// Bytes of request bodies in flight per source: 64 MiB, or one largest body if that is more.
+pub(crate) fn body_budget(body_bytes_max: u64) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(budget_bytes(body_bytes_max) as usize))
+}
+
+const BODY_BYTES_IN_FLIGHT_MAX: u64 = 64 * 1024 * 1024;
+
+fn budget_bytes(body_bytes_max: u64) -> u64 {
+    BODY_BYTES_IN_FLIGHT_MAX.max(body_bytes_max)
+}
+
+/// Permits one request takes from the body budget: its declared length, or the largest body
+/// when it declares none (chunked).
+fn body_permits(declared: Option<u64>, body_bytes_max: u64) -> u32 {
+    let bytes = declared
+        .unwrap_or(body_bytes_max)
+        .clamp(1, budget_bytes(body_bytes_max));
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
 pub(crate) fn router(state: Arc<IngestState>) -> Router {
@@ -81,8 +109,7 @@ async fn post_events(
     }
     match ingest(&st, &headers, body).await {
         Ok(Accepted { accepted, dropped }) => {
-            metrics::counter!("veltrix_events_received_total", "source" => st.source.clone())
-                .increment(accepted as u64);
+            st.received.increment(accepted as u64);
             st.counters
                 .received
                 .fetch_add(accepted as u64, Ordering::Relaxed);
@@ -128,6 +155,12 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
     if declared.is_some_and(|n| n > st.body_bytes_max) {
         return Err(too_large());
     }
+    // Held until the events are durable: the body and its decoded events count against it.
+    let _room = st
+        .body_budget
+        .acquire_many(body_permits(declared, st.body_bytes_max))
+        .await
+        .map_err(|_| unavailable("the engine is shutting down"))?;
     let limit = usize::try_from(st.body_bytes_max).unwrap_or(usize::MAX);
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
@@ -197,21 +230,23 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
     } else {
         Vec::new()
     };
-    let mut per_queue =
-        match store_routed(&events, &routing.router, routing.queues.len(), accepted_at) {
-            Ok(per_queue) => per_queue,
-            Err(unroutable) => return Err(unroutable_problem(unroutable)),
-        };
+    let per_queue = match store_routed(&events, &routing.router, routing.queues.len(), accepted_at)
+    {
+        Ok(per_queue) => per_queue,
+        Err(unroutable) => return Err(unroutable_problem(unroutable)),
+    };
     // Check every queue's room first, so a request spread over several queues is refused whole
     // when one is full (a concurrent request can still take the room in between: then the
     // earlier queues keep their share and the client's retry deduplicates by id). Queues that
     // prefer loss to pushback make room or drop here instead.
     let mut dropped = 0;
-    for (queue, batch) in routing.queues.iter().zip(per_queue.iter_mut()) {
+    let mut tickets = Vec::new();
+    for (queue, batch) in routing.queues.iter().zip(&per_queue) {
         if batch.is_empty() {
             continue;
         }
-        if let Err(e) = make_room(queue, &batch.slices()) {
+        let slices = batch.slices();
+        if let Err(e) = make_room(queue, &slices) {
             if !matches!(e, veltrix_log::Error::Full(_))
                 || queue.when_full == WhenFull::Backpressure
             {
@@ -223,20 +258,21 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
                 .dropped
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             count_drop(&queue.name, "queue_full", batch.len() as u64, &e);
-            batch.clear();
-        }
-    }
-    let mut tickets = Vec::new();
-    for (queue, batch) in routing.queues.iter().zip(&per_queue) {
-        if batch.is_empty() {
             continue;
         }
-        let ticket = queue
-            .log
-            .append_batch(&batch.slices())
-            .map_err(|e| append_problem(&queue.name, e))?;
-        tickets.push((queue, ticket));
+        tickets.push((queue, slices));
     }
+    // Only once every queue has room does any append start (all or nothing across queues).
+    let tickets = tickets
+        .into_iter()
+        .map(|(queue, slices)| {
+            queue
+                .log
+                .append_batch(&slices)
+                .map(|ticket| (queue, ticket))
+                .map_err(|e| append_problem(&queue.name, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     for (queue, ticket) in tickets {
         ticket.await.map_err(|e| append_problem(&queue.name, e))?;
     }
@@ -291,11 +327,6 @@ impl QueueRecords {
         let mut slices = Vec::with_capacity(self.len());
         slices.extend(self.iter());
         slices
-    }
-
-    fn clear(&mut self) {
-        self.buf.clear();
-        self.ends.clear();
     }
 }
 
@@ -459,10 +490,12 @@ mod tests {
         let state = Arc::new(IngestState {
             source: "http".into(),
             counters: Arc::default(),
+            received: metrics::Counter::noop(),
             live: Arc::new(live),
             body_bytes_max: 1024,
             tokens: Vec::new(),
             accepting: Arc::new(AtomicBool::new(accepting)),
+            body_budget: body_budget(1024),
         });
         let request = Request::post("/v1/events")
             .header("content-type", content_type)
@@ -494,6 +527,24 @@ mod tests {
         let (status, _, body) = check(true, "application/cloudevents+json", ONE.to_owned()).await;
         assert_eq!(status, StatusCode::ACCEPTED);
         assert_eq!(body["accepted"], 1);
+    }
+
+    #[test]
+    fn a_request_holds_its_declared_length_of_the_body_budget() {
+        let mib = 1024 * 1024;
+        assert_eq!(body_permits(Some(300), 10 * mib), 300);
+        assert_eq!(
+            body_permits(None, 10 * mib),
+            10 * mib as u32,
+            "chunked: the largest body"
+        );
+        assert_eq!(body_permits(Some(0), 10 * mib), 1);
+        assert_eq!(
+            body_permits(None, 512 * mib),
+            512 * mib as u32,
+            "one largest body always fits"
+        );
+        assert_eq!(budget_bytes(mib), 64 * mib);
     }
 
     #[tokio::test]

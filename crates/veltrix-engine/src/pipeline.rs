@@ -129,6 +129,7 @@ struct Shared {
     counters: Arc<PipelineCounters>,
     sink_counters: Arc<SinkCounters>,
     last_warning: std::sync::Mutex<Option<Instant>>,
+    metrics: Metrics,
 }
 
 impl Shared {
@@ -148,18 +149,59 @@ impl Shared {
             .fetch_add(micros, Ordering::Relaxed);
     }
 
-    fn count(&self, outcome: &'static str, n: u64) {
-        let counter = match outcome {
-            "delivered" => Some(&self.counters.delivered),
-            "filtered" => Some(&self.counters.filtered),
-            "dead_lettered" => Some(&self.counters.dead_lettered),
-            _ => None, // "retried": counted in `retries` per attempt
+    fn count(&self, what: Counted, n: u64) {
+        let counter = match what {
+            Counted::Delivered => Some(&self.counters.delivered),
+            Counted::Filtered => Some(&self.counters.filtered),
+            Counted::DeadLettered => Some(&self.counters.dead_lettered),
+            Counted::Retried => None, // the stats count retries per attempt
         };
         if let Some(counter) = counter {
             counter.fetch_add(n, Ordering::Relaxed);
         }
         if n > 0 {
-            metrics::counter!("veltrix_pipeline_events_total", "pipeline" => self.name.clone(), "outcome" => outcome).increment(n);
+            self.metrics.events[what as usize].increment(n);
+        }
+    }
+}
+
+/// What became of a pipeline's events (the `outcome` label of `veltrix_pipeline_events_total`).
+#[derive(Debug, Clone, Copy)]
+enum Counted {
+    Delivered,
+    Filtered,
+    DeadLettered,
+    /// Each retry of a batch counts its events.
+    Retried,
+}
+
+/// The pipeline's metric handles, resolved once at start: the hot path records into them
+/// without building label sets per batch.
+struct Metrics {
+    events: [metrics::Counter; 4],
+    retries: metrics::Counter,
+    processing: metrics::Histogram,
+    e2e: metrics::Histogram,
+    batch_events: metrics::Histogram,
+    sink_ok: metrics::Counter,
+    sink_duration: metrics::Histogram,
+    sink_in_flight: metrics::Gauge,
+}
+
+impl Metrics {
+    fn new(pipeline: &str, sink: &str) -> Metrics {
+        let (p, s) = (pipeline.to_owned(), sink.to_owned());
+        let events = ["delivered", "filtered", "dead_lettered", "retried"]
+            .map(|outcome| metrics::counter!("veltrix_pipeline_events_total", "pipeline" => p.clone(), "outcome" => outcome));
+        Metrics {
+            events,
+            retries: metrics::counter!("veltrix_pipeline_retries_total", "pipeline" => p.clone()),
+            processing: metrics::histogram!("veltrix_pipeline_processing_duration_seconds", "pipeline" => p.clone()),
+            e2e: metrics::histogram!("veltrix_e2e_latency_seconds", "pipeline" => p),
+            batch_events: metrics::histogram!("veltrix_sink_batch_events", "sink" => s.clone()),
+            sink_ok: metrics::counter!("veltrix_sink_requests_total", "sink" => s.clone(), "outcome" => "ok", "status" => "ok"),
+            sink_duration: metrics::histogram!("veltrix_sink_request_duration_seconds", "sink" => s.clone()),
+            sink_in_flight: metrics::gauge!("veltrix_sink_in_flight_requests", "sink" => s),
         }
     }
 }
@@ -203,6 +245,7 @@ impl Pipeline {
             sink_counters,
         } = setup;
         inputs.sort_by_key(|i| i.priority);
+        let metrics = Metrics::new(&name, &sink_name);
         let ackers = inputs
             .iter()
             .map(|i| (i.queue.clone(), i.cursor.acker()))
@@ -225,6 +268,7 @@ impl Pipeline {
             counters,
             sink_counters,
             last_warning: std::sync::Mutex::new(None),
+            metrics,
         });
         let workers = (0..workers.max(1))
             .map(|_| tokio::spawn(work(shared.clone(), stop.clone())))
@@ -301,19 +345,19 @@ async fn work(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
         }
         let processed = processing.elapsed();
-        metrics::histogram!("veltrix_pipeline_processing_duration_seconds", "pipeline" => shared.name.clone())
-            .record(processed.as_secs_f64());
+        shared.metrics.processing.record(processed.as_secs_f64());
         shared.add_busy(processed);
         if !emitted.is_empty() {
-            metrics::histogram!("veltrix_sink_batch_events", "sink" => shared.sink_name.clone())
-                .record(emitted.len() as f64);
+            shared.metrics.batch_events.record(emitted.len() as f64);
             match deliver(&shared, out.into(), emitted.len() as u64, &mut stop).await {
                 Delivery::Delivered => {
-                    shared.count("delivered", emitted.len() as u64);
+                    shared.count(Counted::Delivered, emitted.len() as u64);
                     let now = record::now_micros();
-                    let e2e = metrics::histogram!("veltrix_e2e_latency_seconds", "pipeline" => shared.name.clone());
                     for r in &emitted {
-                        e2e.record(now.saturating_sub(record::split(&r.payload).0) as f64 / 1e6);
+                        shared
+                            .metrics
+                            .e2e
+                            .record(now.saturating_sub(record::split(&r.payload).0) as f64 / 1e6);
                     }
                     shared
                         .counters
@@ -344,12 +388,12 @@ async fn work(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 Delivery::Stopped => return,
             }
         }
-        shared.count("filtered", filtered);
+        shared.count(Counted::Filtered, filtered);
         if !dead.is_empty() {
             if !dead_letter(&shared, &dead, &mut stop).await {
                 return;
             }
-            shared.count("dead_lettered", dead.len() as u64);
+            shared.count(Counted::DeadLettered, dead.len() as u64);
         }
         offsets.clear();
         offsets.extend(records.iter().map(|r| r.offset));
@@ -403,34 +447,34 @@ async fn deliver(
     loop {
         attempt += 1;
         let started = Instant::now();
-        let in_flight =
-            metrics::gauge!("veltrix_sink_in_flight_requests", "sink" => shared.sink_name.clone());
-        in_flight.increment(1.0);
+        shared.metrics.sink_in_flight.increment(1.0);
         let result = shared.sink.write(out.clone(), events).await;
-        in_flight.decrement(1.0);
+        shared.metrics.sink_in_flight.decrement(1.0);
         shared
             .sink_counters
             .record_request(result.is_ok(), started.elapsed());
         shared.add_busy(started.elapsed());
-        let outcome = match &result {
-            Ok(()) => "ok",
-            Err(e) if e.retry == Retry::Permanent => "permanent",
-            Err(_) => "retryable",
-        };
-        // `status`: the downstream's code (http), "ok", or "error" when it never answered.
-        let status = match &result {
-            Ok(()) => "ok".to_owned(),
-            Err(e) => e
-                .status
-                .map_or_else(|| "error".to_owned(), |s| s.to_string()),
-        };
-        metrics::counter!("veltrix_sink_requests_total", "sink" => shared.sink_name.clone(), "outcome" => outcome, "status" => status).increment(1);
-        metrics::histogram!("veltrix_sink_request_duration_seconds", "sink" => shared.sink_name.clone())
+        shared
+            .metrics
+            .sink_duration
             .record(started.elapsed().as_secs_f64());
         let error = match result {
-            Ok(()) => return Delivery::Delivered,
+            Ok(()) => {
+                shared.metrics.sink_ok.increment(1);
+                return Delivery::Delivered;
+            }
             Err(e) => e,
         };
+        // A failure: `status` is the downstream's code (http), or "error" when it never answered.
+        let outcome = if error.retry == Retry::Permanent {
+            "permanent"
+        } else {
+            "retryable"
+        };
+        let status = error
+            .status
+            .map_or_else(|| "error".to_owned(), |s| s.to_string());
+        metrics::counter!("veltrix_sink_requests_total", "sink" => shared.sink_name.clone(), "outcome" => outcome, "status" => status).increment(1);
         let failed = |reason| Delivery::Failed {
             reason,
             attempts: attempt,
@@ -445,9 +489,8 @@ async fn deliver(
             }
             Retry::Retryable { after } => after,
         };
-        metrics::counter!("veltrix_pipeline_retries_total", "pipeline" => shared.name.clone())
-            .increment(1);
-        shared.count("retried", events);
+        shared.metrics.retries.increment(1);
+        shared.count(Counted::Retried, events);
         shared.warn_rate_limited("the sink failed; retrying", &error.message);
         let cap = backoff_cap(&shared.retry, attempt);
         let jitter = rand::rng().random_range(Duration::ZERO..=cap);

@@ -304,6 +304,23 @@ async fn every_admin_route_but_healthz_needs_the_token_and_ingest_tokens_guard_i
     )
     .await;
     assert_eq!(status, 202);
+    // The CLI takes the token from the config (the address too, unless it is port 0 as here).
+    let output = Command::new(BIN)
+        .args(["dlq", "list", "p", "--api", &engine.api, "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = Command::new(BIN)
+        .args(["dlq", "list", "p", "--api", &engine.api])
+        .env_remove("VELTRIX_API_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "no token, refused");
     assert!(engine.stop().success());
 }
 
