@@ -21,8 +21,10 @@ use serde_json::value::RawValue;
 use vrl::compiler::state::{ExternalEnv, RuntimeState};
 use vrl::compiler::{CompileConfig, Context, ExpressionError, Program, TargetValueRef, TimeZone};
 use vrl::diagnostic::{Diagnostic as VrlDiagnostic, DiagnosticList, Note, Span};
+/// VRL's value: what filters and remaps run on (an event is an object).
+pub use vrl::value::Value;
 use vrl::value::kind::Collection;
-use vrl::value::{Kind, ObjectMap, Secrets, Value};
+use vrl::value::{Kind, ObjectMap, Secrets};
 
 use crate::event::{AttrValue, Data, Event, ExtensionValue, InvalidEvent};
 

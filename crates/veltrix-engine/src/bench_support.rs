@@ -49,7 +49,8 @@ impl Pipeline {
     /// The chain a worker of `pipeline` runs.
     pub fn new(pipeline: &PipelineConfig) -> Pipeline {
         Pipeline {
-            chain: Chain::new(pipeline.processors.clone()),
+            chain: Chain::new(&pipeline.processors, &crate::handler::Plugins::new())
+                .expect("built-in processors always build"),
             runtime: Runtime::new(),
         }
     }
@@ -60,7 +61,7 @@ impl Pipeline {
     pub fn apply(&mut self, stored: &[u8], out: &mut Vec<u8>) -> Result<bool, String> {
         let (_, body) = record::split(stored);
         match self.chain.apply(body, &mut self.runtime, out) {
-            Outcome::Emitted => Ok(true),
+            Outcome::Emitted(_) => Ok(true),
             Outcome::Filtered => Ok(false),
             Outcome::Failed(why) => Err(why),
         }
@@ -69,5 +70,6 @@ impl Pipeline {
 
 /// The body the http sink POSTs for a batch of NDJSON lines: one JSON array.
 pub fn http_sink_body(ndjson: &[u8]) -> Vec<u8> {
-    crate::sink::ndjson_to_array(ndjson)
+    let lines = ndjson.iter().filter(|b| **b == b'\n').count();
+    crate::handler::Batch::new(bytes::Bytes::copy_from_slice(ndjson), lines).to_json_array()
 }

@@ -20,11 +20,12 @@ use veltrix_log::{Log, LogOptions};
 
 use crate::deadletter::DeadLetters;
 use crate::engine::EngineError;
+use crate::handler::{Plugins, Sink};
 use crate::live::{Live, Routing};
 use crate::pipeline::{Input, Pipeline, Setup};
 use crate::processors::Chain;
 use crate::queues::{self, Queue};
-use crate::sink::Sink;
+use crate::sink;
 use crate::stats::{PipelineCounters, PipelineInfo, QueueInfo, SinkCounters, SinkInfo};
 
 /// Bounds of a pipeline's dead-letter queue.
@@ -35,7 +36,7 @@ const DLQ_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 const PIPELINE_DRAIN_MAX: Duration = Duration::from_secs(30);
 
 struct RunningSink {
-    sink: Arc<Sink>,
+    sink: Arc<dyn Sink>,
     counters: Arc<SinkCounters>,
 }
 
@@ -110,11 +111,14 @@ pub(crate) struct Running {
     queues: Vec<Queue>,
     sinks: HashMap<String, RunningSink>,
     pipelines: HashMap<String, RunningPipeline>,
+    /// Custom handler types (Veltrix as a library).
+    plugins: Plugins,
 }
 
 impl Running {
-    pub(crate) fn empty() -> Running {
+    pub(crate) fn empty(plugins: Plugins) -> Running {
         Running {
+            plugins,
             config: None,
             queues: Vec::new(),
             sinks: HashMap::new(),
@@ -230,14 +234,15 @@ impl Running {
         }
         for name in sink_delta.added.iter().chain(&sink_delta.changed) {
             let config = &new.sinks[name];
-            let sink = Sink::start(name, config).map_err(|source| EngineError::Sink {
-                sink: name.clone(),
-                source,
-            })?;
+            let sink =
+                sink::start(name, config, &self.plugins).map_err(|source| EngineError::Sink {
+                    sink: name.clone(),
+                    source,
+                })?;
             self.sinks.insert(
                 name.clone(),
                 RunningSink {
-                    sink: Arc::new(sink),
+                    sink,
                     counters: Arc::default(),
                 },
             );
@@ -351,6 +356,11 @@ impl Running {
                     .0
             }
         };
+        let chain =
+            Chain::new(&p.processors, &self.plugins).map_err(|message| EngineError::Processor {
+                pipeline: name.to_owned(),
+                message,
+            })?;
         let dead_letters = Arc::new(DeadLetters::new(&p.dead_letter, name, &p.sink, dlq_log));
         let sink = &self.sinks[&p.sink];
         let counters = Arc::new(PipelineCounters::default());
@@ -359,7 +369,7 @@ impl Running {
             Setup {
                 name: name.to_owned(),
                 inputs,
-                chain: Chain::new(p.processors.clone()),
+                chain,
                 sink_name: p.sink.clone(),
                 sink: sink.sink.clone(),
                 dead_letters: dead_letters.clone(),
@@ -418,10 +428,11 @@ impl Running {
             .filter_map(|(name, s)| {
                 let running = self.sinks.get(name)?;
                 let (kind, target) = match s {
-                    SinkConfig::File { path } => ("file", path.display().to_string()),
-                    SinkConfig::Http { url, .. } => ("http", url.clone()),
-                    SinkConfig::Stdout => ("stdout", "<stdout>".to_owned()),
-                    SinkConfig::Blackhole => ("blackhole", String::new()),
+                    SinkConfig::File { path } => ("file".to_owned(), path.display().to_string()),
+                    SinkConfig::Http { url, .. } => ("http".to_owned(), url.clone()),
+                    SinkConfig::Stdout => ("stdout".to_owned(), "<stdout>".to_owned()),
+                    SinkConfig::Blackhole => ("blackhole".to_owned(), String::new()),
+                    SinkConfig::Custom(c) => (c.type_name.clone(), running.sink.describe()),
                 };
                 Some(SinkInfo {
                     name: name.clone(),

@@ -18,8 +18,10 @@ use tokio::task::JoinHandle;
 use veltrix_core::config::{self, Config, Router as TypeRouter, SourceConfig};
 
 use crate::components::{Changes, Running, durability_name};
+use crate::handler::Plugins;
 use crate::live::{Live, Routing};
 use crate::queues;
+use crate::sources::{RunningSource, SourceContext};
 use crate::stats::{Registry, SAMPLE_INTERVAL, SourceCounters, SourceInfo};
 use crate::{api, ingest};
 
@@ -60,6 +62,8 @@ pub enum EngineError {
         dir: PathBuf,
         source: veltrix_log::Error,
     },
+    #[error("pipeline `{pipeline}` cannot build its processors: {message}")]
+    Processor { pipeline: String, message: String },
     #[error("cannot start sink `{sink}`: {source}")]
     Sink { sink: String, source: io::Error },
     #[error("pipeline `{pipeline}` cannot read queue `{queue}`: {source}")]
@@ -117,6 +121,8 @@ pub(crate) struct Reloader {
     live: Arc<Live>,
     config_path: Option<PathBuf>,
     cores: usize,
+    /// Custom handler types: the config is decoded with them on reload.
+    extensions: config::Extensions,
     sources: Vec<(String, String, Arc<SourceCounters>)>,
 }
 
@@ -128,7 +134,7 @@ impl Reloader {
             None => Reload::Refused(
                 "running the built-in default config: there is no file to reload".to_owned(),
             ),
-            Some(path) => match config::load(path, self.cores) {
+            Some(path) => match config::load_with(path, self.cores, &self.extensions) {
                 Err(diagnostics) => Reload::Invalid(
                     diagnostics
                         .iter()
@@ -200,7 +206,17 @@ pub struct Engine {
     stop_http: watch::Sender<bool>,
     stop_sampler: watch::Sender<bool>,
     servers: Vec<JoinHandle<io::Result<()>>>,
+    /// Sources that pull (everything but HTTP); stopped with the listeners.
+    pull_sources: Vec<RunningSource>,
     reloader: Arc<Reloader>,
+}
+
+/// A pull source in a few words (stats and `veltrix top`).
+fn describe_source(source: &SourceConfig) -> String {
+    match source {
+        SourceConfig::Http(http) => http.address.to_string(),
+        SourceConfig::Generator(g) => format!("generator {}/s", g.rate),
+    }
 }
 
 async fn bind(what: String, address: SocketAddr) -> Result<(TcpListener, SocketAddr), EngineError> {
@@ -232,6 +248,16 @@ impl Engine {
     /// Starts everything `config` describes. Queues are recovered before any listener opens.
     /// `config_path` is where reloads re-read the config (`None`: the built-in default).
     pub async fn start(config: Config, config_path: Option<&Path>) -> Result<Engine, EngineError> {
+        Engine::start_with_plugins(config, config_path, Plugins::new()).await
+    }
+
+    /// [`Engine::start`] with custom handler types (Veltrix as a library). `config` must have
+    /// been loaded with `plugins.extensions()` (`config::load_with`).
+    pub async fn start_with_plugins(
+        config: Config,
+        config_path: Option<&Path>,
+        plugins: Plugins,
+    ) -> Result<Engine, EngineError> {
         // Install the recorder before anything records (the first stats sample included).
         let metrics = metrics_handle();
         std::fs::create_dir_all(&config.data_dir).map_err(|source| EngineError::DataDir {
@@ -242,7 +268,8 @@ impl Engine {
             router: TypeRouter::new(&config),
             queues: Vec::new(),
         }));
-        let mut running = Running::empty();
+        let extensions = plugins.extensions();
+        let mut running = Running::empty(plugins);
         running.reconcile(&config, false, &live).await?;
 
         let accepting = Arc::new(AtomicBool::new(false));
@@ -250,6 +277,7 @@ impl Engine {
         let mut servers = Vec::new();
         let mut ingest_addrs = Vec::new();
         let mut sources = Vec::new();
+        let mut pull_sources = Vec::new();
         for (name, source) in &config.sources {
             match source {
                 SourceConfig::Http(http) => {
@@ -269,6 +297,17 @@ impl Engine {
                     ingest_addrs.push((name.clone(), address));
                     sources.push((name.clone(), address.to_string(), counters));
                     servers.push(serve(listener, ingest::router(state), stop_http_rx.clone()));
+                }
+                pull => {
+                    let counters = Arc::new(SourceCounters::default());
+                    let ctx = SourceContext::new(
+                        name,
+                        live.clone(),
+                        counters.clone(),
+                        stop_http_rx.clone(),
+                    );
+                    sources.push((name.clone(), describe_source(pull), counters));
+                    pull_sources.extend(RunningSource::start(pull, ctx));
                 }
             }
         }
@@ -296,6 +335,7 @@ impl Engine {
             live: live.clone(),
             config_path: config_path.map(Path::to_path_buf),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            extensions,
             sources,
         });
         reloader.rebuild_stats(&*reloader.running.lock().await);
@@ -346,6 +386,7 @@ impl Engine {
             stop_http,
             stop_sampler,
             servers,
+            pull_sources,
             reloader,
         })
     }
@@ -368,6 +409,9 @@ impl Engine {
         let deadline = tokio::time::Instant::now() + grace;
         self.accepting.store(false, Ordering::Release);
         let _ = self.stop_http.send(true);
+        for source in self.pull_sources {
+            source.join(deadline).await;
+        }
         for mut server in self.servers {
             match tokio::time::timeout_at(deadline, &mut server).await {
                 Ok(Ok(Ok(()))) => {}

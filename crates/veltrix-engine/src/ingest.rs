@@ -217,8 +217,6 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
             dropped: 0,
         });
     }
-    let routing = st.live.routing();
-    let accepted_at = record::now_micros();
     // One span per event (`veltrix::event`, enabled only when spans are exported), open until
     // the event is durable.
     let _spans: Vec<tracing::Span> = if tracing::enabled!(target: "veltrix::event", tracing::Level::TRACE)
@@ -230,13 +228,71 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
     } else {
         Vec::new()
     };
-    let per_queue = match store_routed(&events, &routing.router, routing.queues.len(), accepted_at)
-    {
-        Ok(per_queue) => per_queue,
-        Err(unroutable) => return Err(unroutable_problem(unroutable)),
-    };
-    // Check every queue's room first, so a request spread over several queues is refused whole
-    // when one is full (a concurrent request can still take the room in between: then the
+    store(&st.live, &events).await.map_err(store_problem)
+}
+
+/// Why events could not be stored (nothing of the call was stored, except as noted).
+#[derive(Debug)]
+pub(crate) enum StoreError {
+    /// Events no queue takes (all or nothing: nothing was stored).
+    Unroutable(Vec<EventProblem>),
+    /// A backpressure queue is full: retry later.
+    Full { queue: String, reason: String },
+    /// An event is larger than the queue's record limit.
+    TooLarge {
+        queue: String,
+        size: usize,
+        max: u32,
+    },
+    /// The engine is shutting down.
+    Closed,
+    /// Storage failed (the log says why). Queues before this one may have kept their share.
+    Failed { queue: String, message: String },
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Unroutable(events) => write!(
+                f,
+                "{} event(s) match no queue's `types`: {}",
+                events.len(),
+                events
+                    .iter()
+                    .map(|e| e.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            StoreError::Full { queue, reason } => write!(f, "queue `{queue}` is full ({reason})"),
+            StoreError::TooLarge { queue, size, max } => write!(
+                f,
+                "an event of {size} bytes exceeds queue `{queue}`'s record limit of {max} bytes"
+            ),
+            StoreError::Closed => f.write_str("the engine is shutting down"),
+            StoreError::Failed { queue, message } => {
+                write!(f, "queue `{queue}` could not store the events: {message}")
+            }
+        }
+    }
+}
+
+/// Routes `events` and stores each queue's share as one batch, returning once every share is
+/// as durable as its queue promises (fsync: on disk). Refused whole when a backpressure queue is
+/// full (`drop_*` queues drop their share instead, counted). This is how every source stores:
+/// HTTP answers 202 after it, pull sources acknowledge upstream after it.
+pub(crate) async fn store(live: &Live, events: &[event::Event]) -> Result<Accepted, StoreError> {
+    if events.is_empty() {
+        return Ok(Accepted {
+            accepted: 0,
+            dropped: 0,
+        });
+    }
+    let routing = live.routing();
+    let accepted_at = record::now_micros();
+    let per_queue = store_routed(events, &routing.router, routing.queues.len(), accepted_at)
+        .map_err(StoreError::Unroutable)?;
+    // Check every queue's room first, so a call spread over several queues is refused whole
+    // when one is full (a concurrent call can still take the room in between: then the
     // earlier queues keep their share and the client's retry deduplicates by id). Queues that
     // prefer loss to pushback make room or drop here instead.
     let mut dropped = 0;
@@ -250,7 +306,7 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
             if !matches!(e, veltrix_log::Error::Full(_))
                 || queue.when_full == WhenFull::Backpressure
             {
-                return Err(append_problem(&queue.name, e));
+                return Err(append_error(&queue.name, e));
             }
             dropped += batch.len();
             queue
@@ -270,11 +326,11 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
                 .log
                 .append_batch(&slices)
                 .map(|ticket| (queue, ticket))
-                .map_err(|e| append_problem(&queue.name, e))
+                .map_err(|e| append_error(&queue.name, e))
         })
         .collect::<Result<Vec<_>, _>>()?;
     for (queue, ticket) in tickets {
-        ticket.await.map_err(|e| append_problem(&queue.name, e))?;
+        ticket.await.map_err(|e| append_error(&queue.name, e))?;
     }
     Ok(Accepted {
         accepted: events.len() - dropped,
@@ -387,10 +443,11 @@ fn stored_estimate(event: &event::Event) -> usize {
     8 + 64 + event.id().len() + event.source().len() + event.ty().len() + data
 }
 
-/// Events of one request: how many were stored, and how many a `drop_*` queue discarded.
+/// Events of one call: how many were stored, and how many a `drop_*` queue discarded.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Accepted {
-    accepted: usize,
-    dropped: usize,
+    pub(crate) accepted: usize,
+    pub(crate) dropped: usize,
 }
 
 /// Checks `batch` fits in `queue`; a `drop_oldest` queue drops whole old segments until it does.
@@ -426,31 +483,44 @@ fn count_drop(queue: &str, reason: &'static str, events: u64, why: &veltrix_log:
     }
 }
 
-fn append_problem(queue: &str, e: veltrix_log::Error) -> Problem {
+fn append_error(queue: &str, e: veltrix_log::Error) -> StoreError {
     use veltrix_log::Error as E;
+    let queue = queue.to_owned();
     match e {
-        E::Full(reason) => Problem::new(
+        E::Full(reason) => StoreError::Full {
+            queue,
+            reason: reason.to_string(),
+        },
+        E::RecordTooLarge { size, max } => StoreError::TooLarge { queue, size, max },
+        E::Closed => StoreError::Closed,
+        other => {
+            tracing::error!(queue, error = %other, "appending to a queue failed");
+            StoreError::Failed {
+                queue,
+                message: other.to_string(),
+            }
+        }
+    }
+}
+
+fn store_problem(e: StoreError) -> Problem {
+    match e {
+        StoreError::Unroutable(events) => unroutable_problem(events),
+        StoreError::Full { queue, reason } => Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             "queue-full",
             "Queue full",
             format!("queue `{queue}` is full ({reason}); retry later"),
         )
         .retry_after(1),
-        E::RecordTooLarge { size, max } => Problem::new(
+        e @ StoreError::TooLarge { .. } => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "event-too-large",
             "Event too large",
-            format!(
-                "an event of {size} bytes exceeds queue `{queue}`'s record limit of {max} bytes"
-            ),
+            e.to_string(),
         ),
-        E::Closed => unavailable("the engine is shutting down"),
-        other => {
-            tracing::error!(queue, error = %other, "appending to a queue failed");
-            unavailable(format!(
-                "queue `{queue}` could not store the events: {other}"
-            ))
-        }
+        StoreError::Closed => unavailable("the engine is shutting down"),
+        e @ StoreError::Failed { .. } => unavailable(e.to_string()),
     }
 }
 

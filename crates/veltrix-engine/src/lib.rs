@@ -19,6 +19,7 @@ mod components;
 mod dashboard;
 mod deadletter;
 mod engine;
+pub mod handler;
 mod ingest;
 mod live;
 mod pipeline;
@@ -27,6 +28,7 @@ mod processors;
 mod queues;
 pub mod record;
 mod sink;
+mod sources;
 mod stats;
 pub mod testing;
 

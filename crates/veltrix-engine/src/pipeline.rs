@@ -33,9 +33,9 @@ use veltrix_core::expr::Runtime;
 use veltrix_log::{Acker, Cursor, Record};
 
 use crate::deadletter::{DeadLetters, Failure};
+use crate::handler::{Batch, Retry, Sink};
 use crate::processors::{Chain, Outcome};
 use crate::record;
-use crate::sink::{Retry, Sink};
 use crate::stats::{PipelineCounters, SinkCounters};
 
 /// Payload bytes one worker takes at once, besides `batch_events_max`.
@@ -122,7 +122,7 @@ struct Shared {
     /// Per input: its queue name and acknowledger.
     ackers: Vec<(String, Acker)>,
     chain: Chain,
-    sink: Arc<Sink>,
+    sink: Arc<dyn Sink>,
     dead_letters: Arc<DeadLetters>,
     batch_events_max: usize,
     retry: RetryConfig,
@@ -212,7 +212,7 @@ pub(crate) struct Setup {
     pub(crate) inputs: Vec<Input>,
     pub(crate) chain: Chain,
     pub(crate) sink_name: String,
-    pub(crate) sink: Arc<Sink>,
+    pub(crate) sink: Arc<dyn Sink>,
     pub(crate) dead_letters: Arc<DeadLetters>,
     pub(crate) workers: usize,
     pub(crate) batch_events_max: usize,
@@ -323,12 +323,16 @@ async fn work(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let processing = Instant::now();
         let mut out = Vec::with_capacity(records.iter().map(|r| r.payload.len()).sum());
         let mut emitted: Vec<&Record> = Vec::with_capacity(records.len());
+        let mut lines = 0;
         let mut dead: Vec<Vec<u8>> = Vec::new();
         let mut filtered = 0u64;
         for r in &records {
             let (_, body) = record::split(&r.payload);
             match shared.chain.apply(body, &mut runtime, &mut out) {
-                Outcome::Emitted => emitted.push(r),
+                Outcome::Emitted(n) => {
+                    emitted.push(r);
+                    lines += n;
+                }
                 Outcome::Filtered => filtered += 1,
                 Outcome::Failed(why) => {
                     shared.warn_rate_limited("an event failed processing; dead-lettered", &why);
@@ -348,10 +352,11 @@ async fn work(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         shared.metrics.processing.record(processed.as_secs_f64());
         shared.add_busy(processed);
         if !emitted.is_empty() {
-            shared.metrics.batch_events.record(emitted.len() as f64);
-            match deliver(&shared, out.into(), emitted.len() as u64, &mut stop).await {
+            shared.metrics.batch_events.record(lines as f64);
+            let batch = Batch::new(out.into(), lines);
+            match deliver(&shared, &batch, &mut stop).await {
                 Delivery::Delivered => {
-                    shared.count(Counted::Delivered, emitted.len() as u64);
+                    shared.count(Counted::Delivered, lines as u64);
                     let now = record::now_micros();
                     for r in &emitted {
                         shared
@@ -436,19 +441,15 @@ fn backoff_cap(retry: &RetryConfig, n: u32) -> Duration {
 }
 
 /// Writes one batch to the sink with retries; see the module comment.
-async fn deliver(
-    shared: &Shared,
-    out: bytes::Bytes,
-    events: u64,
-    stop: &mut watch::Receiver<bool>,
-) -> Delivery {
+async fn deliver(shared: &Shared, batch: &Batch, stop: &mut watch::Receiver<bool>) -> Delivery {
+    let events = batch.len() as u64;
     let first = record::now_micros();
     let mut attempt = 0;
     loop {
         attempt += 1;
         let started = Instant::now();
         shared.metrics.sink_in_flight.increment(1.0);
-        let result = shared.sink.write(out.clone(), events).await;
+        let result = shared.sink.write(batch).await;
         shared.metrics.sink_in_flight.decrement(1.0);
         shared
             .sink_counters

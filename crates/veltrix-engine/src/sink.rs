@@ -9,99 +9,66 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use veltrix_core::config::SinkConfig;
+
+use crate::handler::{Batch, Plugins, Retry, Sink, SinkError};
 
 /// Batches that may wait for the file sink's writer thread.
 const FILE_SINK_QUEUE_MAX: usize = 64;
 /// Idle keep-alive connections an http sink keeps.
 const HTTP_SINK_IDLE_CONNECTIONS_MAX: usize = 16;
 
-/// Whether trying again may help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Retry {
-    /// Timeouts, connection errors, 5xx, 408, 429, local I/O errors: try again, not before
-    /// `after` when the sink said so (`Retry-After`).
-    Retryable { after: Option<Duration> },
-    /// The sink refused this batch for good (other 4xx): dead-letter it at once.
-    Permanent,
+/// Starts the sink `name` of `config`: a built-in one, or a custom type from `plugins`.
+pub(crate) fn start(
+    name: &str,
+    config: &SinkConfig,
+    plugins: &Plugins,
+) -> io::Result<Arc<dyn Sink>> {
+    Ok(match config {
+        SinkConfig::File { path } => Arc::new(FileSink::start(name, path)?),
+        SinkConfig::Http { url, timeout } => Arc::new(HttpSink::new(url, *timeout)?),
+        SinkConfig::Stdout => Arc::new(StdoutSink),
+        SinkConfig::Blackhole => Arc::new(BlackholeSink),
+        SinkConfig::Custom(custom) => plugins
+            .build_sink(&custom.type_name, &custom.options)
+            .map_err(io::Error::other)?,
+    })
 }
 
-/// Why a sink did not confirm a batch.
-#[derive(Debug, Clone)]
-pub(crate) struct SinkError {
-    pub(crate) retry: Retry,
-    pub(crate) message: String,
-    /// The downstream's status code, when it answered (metrics label).
-    pub(crate) status: Option<u16>,
-}
+/// NDJSON on standard output.
+struct StdoutSink;
 
-impl SinkError {
-    fn retryable(message: impl Into<String>) -> SinkError {
-        SinkError {
-            retry: Retry::Retryable { after: None },
-            message: message.into(),
-            status: None,
-        }
-    }
-}
-
-impl std::fmt::Display for SinkError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// A running sink.
-pub(crate) enum Sink {
-    File(FileSink),
-    Http(HttpSink),
-    Stdout,
-    Blackhole { events: AtomicU64 },
-}
-
-impl Sink {
-    pub(crate) fn start(name: &str, config: &SinkConfig) -> io::Result<Sink> {
-        Ok(match config {
-            SinkConfig::File { path } => Sink::File(FileSink::start(name, path)?),
-            SinkConfig::Http { url, timeout } => Sink::Http(HttpSink::new(url, *timeout)?),
-            SinkConfig::Stdout => Sink::Stdout,
-            SinkConfig::Blackhole => Sink::Blackhole {
-                events: AtomicU64::new(0),
-            },
+impl Sink for StdoutSink {
+    fn write<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let mut out = io::stdout().lock();
+            out.write_all(batch.ndjson())
+                .and_then(|()| out.flush())
+                .map_err(|e| SinkError::retryable(format!("writing to stdout: {e}")))
         })
     }
 
-    /// Delivers `ndjson` (`events` lines); returns once the sink confirms it.
-    pub(crate) async fn write(&self, ndjson: Bytes, events: u64) -> Result<(), SinkError> {
-        match self {
-            Sink::File(file) => file.write(ndjson).await,
-            Sink::Http(http) => http.write(&ndjson).await,
-            Sink::Stdout => {
-                let mut out = io::stdout().lock();
-                out.write_all(&ndjson)
-                    .and_then(|()| out.flush())
-                    .map_err(|e| SinkError::retryable(format!("writing to stdout: {e}")))
-            }
-            Sink::Blackhole { events: count } => {
-                count.fetch_add(events, Ordering::Relaxed);
-                Ok(())
-            }
-        }
+    fn describe(&self) -> String {
+        "stdout".to_owned()
+    }
+}
+
+/// Discards (benchmarks; the pipeline's metrics still count what it delivered).
+struct BlackholeSink;
+
+impl Sink for BlackholeSink {
+    fn write<'a>(&'a self, _: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(std::future::ready(Ok(())))
     }
 
-    /// Where the sink writes, for the startup banner.
-    pub(crate) fn describe(&self) -> String {
-        match self {
-            Sink::File(f) => format!("file {}", f.path.display()),
-            Sink::Http(h) => format!("http {}", h.url),
-            Sink::Stdout => "stdout".to_owned(),
-            Sink::Blackhole { .. } => "blackhole".to_owned(),
-        }
+    fn describe(&self) -> String {
+        "blackhole".to_owned()
     }
 }
 
@@ -124,12 +91,12 @@ impl HttpSink {
         })
     }
 
-    async fn write(&self, ndjson: &[u8]) -> Result<(), SinkError> {
+    async fn post(&self, batch: &Batch) -> Result<(), SinkError> {
         let response = self
             .client
             .post(&self.url)
             .header("content-type", "application/cloudevents-batch+json")
-            .body(ndjson_to_array(ndjson))
+            .body(batch.to_json_array())
             .send()
             .await
             .map_err(|e| SinkError::retryable(format!("POST {}: {e}", self.url)))?;
@@ -157,14 +124,14 @@ impl HttpSink {
     }
 }
 
-/// NDJSON lines (compact JSON, so no raw newline inside one) as a JSON array.
-pub(crate) fn ndjson_to_array(ndjson: &[u8]) -> Vec<u8> {
-    let body = ndjson.strip_suffix(b"\n").unwrap_or(ndjson);
-    let mut out = Vec::with_capacity(body.len() + 2);
-    out.push(b'[');
-    out.extend(body.iter().map(|&b| if b == b'\n' { b',' } else { b }));
-    out.push(b']');
-    out
+impl Sink for HttpSink {
+    fn write<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(self.post(batch))
+    }
+
+    fn describe(&self) -> String {
+        format!("http {}", self.url)
+    }
 }
 
 type Job = (Bytes, oneshot::Sender<io::Result<()>>);
@@ -198,13 +165,23 @@ impl FileSink {
         })
     }
 
-    async fn write(&self, ndjson: Bytes) -> Result<(), SinkError> {
+    async fn append(&self, ndjson: Bytes) -> Result<(), SinkError> {
         let (tx, rx) = oneshot::channel();
         let closed = || SinkError::retryable("the file sink's writer stopped");
         self.jobs.send((ndjson, tx)).await.map_err(|_| closed())?;
         rx.await
             .map_err(|_| closed())?
             .map_err(|e| SinkError::retryable(format!("writing {}: {e}", self.path.display())))
+    }
+}
+
+impl Sink for FileSink {
+    fn write<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(self.append(batch.ndjson().clone()))
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
     }
 }
 
@@ -275,23 +252,19 @@ fn file_writer(mut file: File, mut jobs: mpsc::Receiver<Job>) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn ndjson_becomes_a_json_array() {
-        assert_eq!(
-            ndjson_to_array(b"{\"a\":1}\n{\"b\":\"x\\ny\"}\n"),
-            b"[{\"a\":1},{\"b\":\"x\\ny\"}]"
-        );
-        assert_eq!(ndjson_to_array(b""), b"[]");
-    }
-
     #[tokio::test]
     async fn file_sink_cuts_a_torn_last_line_before_appending() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out").join("events.ndjson");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, b"{\"id\":\"1\"}\n{\"id\":\"2\",\"da").unwrap();
-        let sink = Sink::start("t", &SinkConfig::File { path: path.clone() }).unwrap();
-        sink.write(Bytes::from_static(b"{\"id\":\"3\"}\n"), 1)
+        let sink = start(
+            "t",
+            &SinkConfig::File { path: path.clone() },
+            &Plugins::new(),
+        )
+        .unwrap();
+        sink.write(&Batch::new(Bytes::from_static(b"{\"id\":\"3\"}\n"), 1))
             .await
             .unwrap();
         assert_eq!(

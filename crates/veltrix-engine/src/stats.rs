@@ -136,7 +136,7 @@ pub(crate) struct PipelineInfo {
 /// What is shown of a sink.
 pub(crate) struct SinkInfo {
     pub(crate) name: String,
-    pub(crate) kind: &'static str,
+    pub(crate) kind: String,
     pub(crate) target: String,
     pub(crate) counters: Arc<SinkCounters>,
 }

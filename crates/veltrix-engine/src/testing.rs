@@ -19,6 +19,7 @@ use veltrix_core::config::{Config, ConfigTest, DeadLetterExpectation, Location, 
 use veltrix_core::event::{self, DecodeError, Event};
 use veltrix_core::expr::Runtime;
 
+use crate::handler::Plugins;
 use crate::processors::{Chain, Outcome};
 use crate::record;
 
@@ -108,11 +109,12 @@ impl TestOutcome {
 }
 
 /// Runs every test of `config`, in file order.
-pub fn run_config_tests(config: &Config) -> Vec<TestOutcome> {
+/// Custom processor types come from `plugins`.
+pub fn run_config_tests(config: &Config, plugins: &Plugins) -> Vec<TestOutcome> {
     config
         .tests
         .iter()
-        .map(|test| run_pipeline_test(config, test))
+        .map(|test| run_pipeline_test(config, test, plugins))
         .collect()
 }
 
@@ -120,9 +122,23 @@ pub fn run_config_tests(config: &Config) -> Vec<TestOutcome> {
 ///
 /// # Panics
 /// If `test.pipeline` is not a pipeline of `config` (a loaded config's tests always name one).
-pub fn run_pipeline_test(config: &Config, test: &ConfigTest) -> TestOutcome {
+pub fn run_pipeline_test(config: &Config, test: &ConfigTest, plugins: &Plugins) -> TestOutcome {
     let pipeline = &config.pipelines[test.pipeline.as_str()];
-    let chain = Chain::new(pipeline.processors.clone());
+    let chain = match Chain::new(&pipeline.processors, plugins) {
+        Ok(chain) => chain,
+        Err(why) => {
+            return TestOutcome {
+                name: test.name.clone(),
+                pipeline: test.pipeline.clone(),
+                location: test.location.clone(),
+                results: Vec::new(),
+                failures: vec![Failure {
+                    message: format!("the pipeline cannot start: {why}"),
+                    mismatches: Vec::new(),
+                }],
+            };
+        }
+    };
     let router = Router::new(config);
     let mut runtime = Runtime::new();
     let mut results = Vec::with_capacity(test.input.len());
@@ -140,21 +156,26 @@ pub fn run_pipeline_test(config: &Config, test: &ConfigTest) -> TestOutcome {
         };
         let id = event.id().to_owned();
         let routed = router.route(event.ty()).map(|q| router.queue_name(q));
-        let outcome = match routed {
-            None => EventOutcome::NotReceived(format!(
+        let outcomes = match routed {
+            None => vec![EventOutcome::NotReceived(format!(
                 "no queue takes type `{}`: ingest answers 422",
                 event.ty()
-            )),
+            ))],
             Some(queue) if !pipeline.from.iter().any(|q| q == queue) => {
-                EventOutcome::NotReceived(format!(
+                vec![EventOutcome::NotReceived(format!(
                     "type `{}` is routed to queue `{queue}`, which pipeline `{}` does not read",
                     event.ty(),
                     test.pipeline
-                ))
+                ))]
             }
             Some(_) => process(&chain, &mut runtime, &event),
         };
-        results.push(InputResult { index, id, outcome });
+        // A processor that splits an event delivers several: one result each.
+        results.extend(outcomes.into_iter().map(|outcome| InputResult {
+            index,
+            id: id.clone(),
+            outcome,
+        }));
     }
     let failures = compare(test, &results);
     TestOutcome {
@@ -183,22 +204,23 @@ fn decode(input: &Json) -> Result<Event, String> {
 }
 
 /// Stores the event as ingest does and runs the chain on the record's body as a worker does.
-fn process(chain: &Chain, runtime: &mut Runtime, event: &Event) -> EventOutcome {
+fn process(chain: &Chain, runtime: &mut Runtime, event: &Event) -> Vec<EventOutcome> {
     let mut stored = Vec::new();
     record::begin(&mut stored, record::now_micros());
     event.to_json_bytes(&mut stored);
     let (_, body) = record::split(&stored);
     let mut sink_batch = Vec::new();
     match chain.apply(body, runtime, &mut sink_batch) {
-        Outcome::Emitted => {
-            let line = sink_batch.strip_suffix(b"\n").unwrap_or(&sink_batch);
-            match serde_json::from_slice(line) {
+        Outcome::Emitted(_) => sink_batch
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| match serde_json::from_slice(line) {
                 Ok(json) => EventOutcome::Delivered(json),
                 Err(e) => EventOutcome::DeadLettered(format!("the sink line is not JSON: {e}")),
-            }
-        }
-        Outcome::Filtered => EventOutcome::Filtered,
-        Outcome::Failed(why) => EventOutcome::DeadLettered(why),
+            })
+            .collect(),
+        Outcome::Filtered => vec![EventOutcome::Filtered],
+        Outcome::Failed(why) => vec![EventOutcome::DeadLettered(why)],
     }
 }
 
@@ -409,7 +431,7 @@ type = "blackhole"
 
     fn run(tests: &str) -> TestOutcome {
         let config = config(tests);
-        run_pipeline_test(&config, &config.tests[0])
+        run_pipeline_test(&config, &config.tests[0], &Plugins::new())
     }
 
     const ORDER: &str = r#"{ type = "order.created", source = "/shop", id = "o-1", data = { amount = 200, qty = 2 } }"#;

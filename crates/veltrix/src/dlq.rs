@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::cli::{cores, exit};
+use crate::cli::exit;
 
 /// Where the admin API is and how to authenticate.
 pub(crate) struct Api {
@@ -22,7 +22,7 @@ impl Api {
         token: Option<String>,
     ) -> Result<Api, u8> {
         let loaded = match config {
-            Some(path) => match veltrix_core::config::load(path, cores()) {
+            Some(path) => match crate::load_config(path) {
                 Ok(loaded) => Some(loaded.config),
                 Err(diagnostics) => {
                     for d in &diagnostics {

@@ -1,20 +1,7 @@
-//! `veltrix`: the command line. `main` only maps the outcome to an exit code; the commands live
-//! in their own modules.
-
-mod bench;
-mod cli;
-mod config_cmd;
-mod dlq;
-mod queue;
-mod run;
-mod send;
-mod telemetry;
-mod test_cmd;
-mod top;
-mod validate;
+//! `veltrix`: the command line (the library's `main`, with the built-in handler types only).
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    cli::main()
+    veltrix::main()
 }

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
-use veltrix_core::config::{self, DEFAULT_DATA_DIR};
+use veltrix_core::config::DEFAULT_DATA_DIR;
 use veltrix_core::event::Event;
 use veltrix_log::{DamagedRange, DirInfo, LogOptions, OsFs, Record, inspect_dir};
 
-use crate::cli::{cores, exit};
+use crate::cli::exit;
 
 /// Arguments of `veltrix queue inspect`.
 pub(crate) struct InspectArgs<'a> {
@@ -30,7 +30,7 @@ pub(crate) struct InspectArgs<'a> {
 pub(crate) fn inspect(args: &InspectArgs<'_>) -> u8 {
     let data_dir = match (args.data_dir, args.config) {
         (Some(dir), _) => dir.to_path_buf(),
-        (None, Some(path)) => match config::load(path, cores()) {
+        (None, Some(path)) => match crate::load_config(path) {
             Ok(loaded) => loaded.config.data_dir,
             Err(diagnostics) => {
                 for d in &diagnostics {

@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use veltrix_core::config::{self, Config, DEFAULT_DATA_DIR};
+use veltrix_core::config::{Config, DEFAULT_DATA_DIR};
 use veltrix_engine::{Engine, Reload};
 
-use crate::cli::{cores, exit};
+use crate::cli::exit;
 
 /// Prints a status line on stdout. Losing stdout (a closed pipe) must never stop the engine, so
 /// write errors are ignored.
@@ -20,7 +20,7 @@ macro_rules! say {
 
 pub(crate) fn run(config_path: Option<&Path>, grace: Duration, watch: bool) -> u8 {
     let config = match config_path {
-        Some(path) => match config::load(path, cores()) {
+        Some(path) => match crate::load_config(path) {
             Ok(loaded) => {
                 for warning in &loaded.warnings {
                     eprintln!("{warning}");
@@ -60,7 +60,7 @@ async fn serve(config: Config, config_path: Option<&Path>, grace: Duration, watc
     let watched = config_path
         .filter(|_| watch)
         .map(|p| (p, std::fs::read(p).ok()));
-    let engine = match Engine::start(config, config_path).await {
+    let engine = match Engine::start_with_plugins(config, config_path, crate::plugins()).await {
         Ok(engine) => engine,
         Err(e) => {
             eprintln!("veltrix: cannot start: {e}");

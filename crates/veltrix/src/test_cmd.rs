@@ -6,10 +6,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use serde_json::{Value as Json, json};
-use veltrix_core::config::{self, Diagnostic};
+use veltrix_core::config::Diagnostic;
 use veltrix_engine::testing::{self, EventOutcome, TestOutcome};
 
-use crate::cli::{cores, exit};
+use crate::cli::exit;
 
 /// How `veltrix test` reports.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -30,8 +30,10 @@ pub(crate) fn test(files: &[PathBuf], format: TestFormat) -> u8 {
     let reports: Vec<(String, FileReport)> = files
         .iter()
         .map(|file| {
-            let report = match config::load(file, cores()) {
-                Ok(loaded) => FileReport::Ran(testing::run_config_tests(&loaded.config)),
+            let report = match crate::load_config(file) {
+                Ok(loaded) => {
+                    FileReport::Ran(testing::run_config_tests(&loaded.config, &crate::plugins()))
+                }
                 Err(diagnostics) => FileReport::Invalid(diagnostics),
             };
             (file.display().to_string(), report)

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use veltrix_core::config::lints::{self, FreeDisk, Locations, codes};
-use veltrix_core::config::{self, Config, Diagnostic, Durability, Loaded, Severity, SinkConfig};
+use veltrix_core::config::{Config, Diagnostic, Durability, Loaded, Severity, SinkConfig};
 
-use crate::cli::{cores, exit};
+use crate::cli::exit;
 use crate::queue::{queue_names, read_queue_dir};
 
 /// How `validate` prints.
@@ -76,7 +76,7 @@ pub(crate) fn validate(args: &ValidateArgs<'_>) -> u8 {
 
 fn check_file(path: &Path, args: &ValidateArgs<'_>) -> Report {
     let file = path.display().to_string();
-    let loaded = match config::load(path, cores()) {
+    let loaded = match crate::load_config(path) {
         Ok(loaded) => loaded,
         Err(diagnostics) => {
             return Report {

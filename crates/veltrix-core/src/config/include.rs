@@ -102,9 +102,11 @@ fn tests_of(
             return (Vec::new(), vec![d]);
         }
     };
+    let no_extensions = super::Extensions::default();
     let mut decoder = Decoder {
         source: &source,
         cores,
+        extensions: &no_extensions,
         diagnostics: Vec::new(),
     };
     decoder.check_keys(root.get_ref(), "an included tests file", &["tests"]);

@@ -405,6 +405,9 @@ fn memory_queues_feeding_delivery(config: &Config, at: &Locations, out: &mut Vec
             .filter_map(|(p, pipeline)| match config.sinks.get(&pipeline.sink)? {
                 SinkConfig::File { .. } => Some(format!("`{p}` (file sink `{}`)", pipeline.sink)),
                 SinkConfig::Http { .. } => Some(format!("`{p}` (http sink `{}`)", pipeline.sink)),
+                SinkConfig::Custom(c) => {
+                    Some(format!("`{p}` ({} sink `{}`)", c.type_name, pipeline.sink))
+                }
                 SinkConfig::Stdout | SinkConfig::Blackhole => None,
             })
             .collect();

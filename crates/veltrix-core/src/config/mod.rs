@@ -118,6 +118,28 @@ pub struct ApiConfig {
 pub enum SourceConfig {
     /// `type = "http"`: CloudEvents over HTTP.
     Http(HttpSourceConfig),
+    /// `type = "generator"`: synthetic CloudEvents at a fixed rate (demos, benchmarks, tests).
+    Generator(GeneratorSourceConfig),
+}
+
+/// `[sources.NAME]` with `type = "generator"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratorSourceConfig {
+    /// Events per second; default 1000.
+    pub rate: u64,
+    /// Stop after this many events; default: never.
+    pub count: Option<u64>,
+    /// Event types with their weights, in file order (`types = ["a", "b"]` weighs them equally;
+    /// `types = { a = 3, b = 1 }` sends three `a` for one `b`). Default `["veltrix.generated"]`.
+    pub types: Vec<(String, u32)>,
+    /// Bytes of `data` per event (padded with a `pad` string); default 200.
+    pub payload_bytes: u64,
+    /// Distinct values of `data.key` (`"k0"` to `"k<keys-1>"`, cycling); default 100.
+    pub keys: u64,
+    /// The CloudEvents `source` attribute; default `/veltrix/generator/NAME`.
+    pub source: String,
+    /// Events stored per call (one append per queue); default 100.
+    pub batch_events: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,10 +263,46 @@ pub enum ProcessorConfig {
     Filter(Filter),
     /// `{ type = "remap", source = '...' }`: modifies events.
     Remap(Remap),
+    /// A processor type registered by the embedding program ([`Extensions`]); `options` are the
+    /// table's other keys as JSON, already accepted by the type's validator.
+    Custom(CustomConfig),
+}
+
+/// A handler of a type registered through [`Extensions`] (a custom processor or sink).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomConfig {
+    /// The registered `type` name.
+    pub type_name: String,
+    /// Every key of the table but `type`, as a JSON object.
+    pub options: serde_json::Value,
+}
+
+/// Checks a custom handler's options; `Err` says what is wrong (reported at the table).
+pub type OptionsValidator =
+    std::sync::Arc<dyn Fn(&serde_json::Value) -> Result<(), String> + Send + Sync>;
+
+/// Handler types an embedding program registered (Veltrix as a library): the decoder accepts
+/// them as `type = "..."` of a processor or a sink and validates their options with the
+/// registered validator, so `veltrix validate` reports their mistakes like any other.
+#[derive(Clone, Default)]
+pub struct Extensions {
+    pub processors: Vec<(String, OptionsValidator)>,
+    pub sinks: Vec<(String, OptionsValidator)>,
+}
+
+impl std::fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names =
+            |v: &[(String, OptionsValidator)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        f.debug_struct("Extensions")
+            .field("processors", &names(&self.processors))
+            .field("sinks", &names(&self.sinks))
+            .finish()
+    }
 }
 
 /// `[sinks.NAME]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SinkConfig {
     /// `type = "file"`: NDJSON, one CloudEvent per line.
     File { path: PathBuf },
@@ -254,6 +312,8 @@ pub enum SinkConfig {
     Blackhole,
     /// `type = "http"`: POSTs each batch as `application/cloudevents-batch+json`.
     Http { url: String, timeout: Duration },
+    /// A sink type registered by the embedding program ([`Extensions`]).
+    Custom(CustomConfig),
 }
 
 /// A successfully loaded config and its warnings.
@@ -289,6 +349,8 @@ const BODY_BYTES_MAX_MAX: u64 = ByteSize::GIB;
 const SEGMENT_BYTES_MIN: u64 = 4 * ByteSize::KIB;
 const SEGMENT_BYTES_MAX: u64 = ByteSize::GIB;
 const NAME_LEN_MAX: usize = 64;
+const GENERATOR_RATE_MAX: i64 = 100_000_000;
+const GENERATOR_PAYLOAD_MAX: i64 = 1024 * 1024;
 /// Warn when a pipeline has more than this many workers per core.
 const WORKERS_PER_CORE_WARN: usize = 4;
 
@@ -373,6 +435,15 @@ impl Config {
 /// Loads and validates the config file at `path`. `cores` is the number of CPU cores available
 /// (used only for warnings).
 pub fn load(path: &Path, cores: usize) -> Result<Loaded, Vec<Diagnostic>> {
+    load_with(path, cores, &Extensions::default())
+}
+
+/// [`load`] accepting the custom handler types of `extensions`.
+pub fn load_with(
+    path: &Path,
+    cores: usize,
+    extensions: &Extensions,
+) -> Result<Loaded, Vec<Diagnostic>> {
     let file = path.display().to_string();
     let whole_file = |message: String| {
         vec![
@@ -383,7 +454,9 @@ pub fn load(path: &Path, cores: usize) -> Result<Loaded, Vec<Diagnostic>> {
     let bytes =
         std::fs::read(path).map_err(|e| whole_file(format!("cannot read the config file: {e}")))?;
     match String::from_utf8(bytes) {
-        Ok(text) => parse_str(&text, &file, cores),
+        Ok(text) => parse_str_with(&text, &file, cores, extensions, &|name| {
+            std::env::var(name).ok()
+        }),
         Err(e) => {
             // The text before the first bad byte is intact in the lossy copy.
             let at = e.utf8_error().valid_up_to();
@@ -415,6 +488,17 @@ pub fn parse_str_with_env(
     src: &str,
     file_name: &str,
     cores: usize,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, Vec<Diagnostic>> {
+    parse_str_with(src, file_name, cores, &Extensions::default(), env)
+}
+
+/// [`parse_str_with_env`] accepting the custom handler types of `extensions`.
+pub fn parse_str_with(
+    src: &str,
+    file_name: &str,
+    cores: usize,
+    extensions: &Extensions,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Loaded, Vec<Diagnostic>> {
     let expanded = interpolate::interpolate(src, env).map_err(|errors| {
@@ -454,6 +538,7 @@ pub fn parse_str_with_env(
     let mut decoder = Decoder {
         source: &source,
         cores: cores.max(1),
+        extensions,
         diagnostics: Vec::new(),
     };
     let mut config = decoder.root(&root);
@@ -495,6 +580,30 @@ const ROOT_KEYS: &[&str] = &[
 ];
 const API_KEYS: &[&str] = &["address", "token"];
 const HTTP_SOURCE_KEYS: &[&str] = &["type", "address", "body_bytes_max", "tokens"];
+const GENERATOR_SOURCE_KEYS: &[&str] = &[
+    "type",
+    "rate",
+    "count",
+    "types",
+    "payload_bytes",
+    "keys",
+    "source",
+    "batch_events",
+];
+/// Every source key (each source type takes `type` and its own subset).
+const SOURCE_KEYS: &[&str] = &[
+    "type",
+    "address",
+    "body_bytes_max",
+    "tokens",
+    "rate",
+    "count",
+    "types",
+    "payload_bytes",
+    "keys",
+    "source",
+    "batch_events",
+];
 const QUEUE_KEYS: &[&str] = &[
     "types",
     "priority",
@@ -521,7 +630,7 @@ const SINK_KEYS: &[&str] = &["type", "path", "url", "timeout"];
 /// Every processor key (a filter takes `condition`, a remap `source`).
 const PROCESSOR_KEYS: &[&str] = &["type", "condition", "source"];
 const WHEN_FULL: &[&str] = &["backpressure", "drop_newest", "drop_oldest"];
-const SOURCE_TYPES: &[&str] = &["http"];
+const SOURCE_TYPES: &[&str] = &["http", "generator"];
 const SINK_TYPES: &[&str] = &["file", "stdout", "blackhole", "http"];
 const PROCESSOR_TYPES: &[&str] = &["filter", "remap"];
 const DURABILITIES: &[&str] = &["fsync", "interval", "memory"];
@@ -538,6 +647,7 @@ struct Spans {
 struct Decoder<'a> {
     source: &'a Source<'a>,
     cores: usize,
+    extensions: &'a Extensions,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -1035,7 +1145,15 @@ impl Decoder<'_> {
 
     fn source_config(&mut self, name: &Key<'_>, value: &Value<'_>) -> Option<SourceConfig> {
         let what = format!("source `{}`", name.get_ref());
-        let table = self.typed_table(name, value, &what, SOURCE_TYPES, HTTP_SOURCE_KEYS)?;
+        let table = self.typed_table(name, value, &what, SOURCE_TYPES, SOURCE_KEYS)?;
+        let ty = get(table, "type")
+            .and_then(|v| v.get_ref().as_str())
+            .unwrap_or_default();
+        let what = format!("{what} (type \"{ty}\")");
+        if ty == "generator" {
+            self.check_keys(table, &what, GENERATOR_SOURCE_KEYS);
+            return self.generator(name.get_ref(), table);
+        }
         self.check_keys(table, &what, HTTP_SOURCE_KEYS);
         let mut http = HttpSourceConfig::default();
         if let Some(address) = get(table, "address").and_then(|v| self.address(v, "address")) {
@@ -1063,6 +1181,93 @@ impl Decoder<'_> {
             }
         }
         Some(SourceConfig::Http(http))
+    }
+
+    fn generator(&mut self, name: &str, table: &DeTable<'_>) -> Option<SourceConfig> {
+        let mut g = GeneratorSourceConfig {
+            rate: 1000,
+            count: None,
+            types: vec![("veltrix.generated".to_owned(), 1)],
+            payload_bytes: 200,
+            keys: 100,
+            source: format!("/veltrix/generator/{name}"),
+            batch_events: 100,
+        };
+        let mut valid = true;
+        let mut int = |d: &mut Self, key: &str, range: Range<i64>| -> Option<u64> {
+            let v = get(table, key)?;
+            match d.integer(v, key, range) {
+                Some(n) => Some(u64::try_from(n).expect("range-checked")),
+                None => {
+                    valid = false;
+                    None
+                }
+            }
+        };
+        if let Some(n) = int(self, "rate", 1..GENERATOR_RATE_MAX + 1) {
+            g.rate = n;
+        }
+        g.count = int(self, "count", 1..i64::MAX);
+        if let Some(n) = int(self, "payload_bytes", 0..GENERATOR_PAYLOAD_MAX + 1) {
+            g.payload_bytes = n;
+        }
+        if let Some(n) = int(self, "keys", 1..i64::MAX) {
+            g.keys = n;
+        }
+        if let Some(n) = int(self, "batch_events", 1..BATCH_EVENTS_MAX_MAX + 1) {
+            g.batch_events = n;
+        }
+        if let Some(v) = get(table, "source") {
+            match self.non_empty_string(v, "source") {
+                Some(s) => g.source = s,
+                None => valid = false,
+            }
+        }
+        if let Some(v) = get(table, "types") {
+            let mut types = Vec::new();
+            match v.get_ref() {
+                DeValue::Table(t) => {
+                    for (ty, weight) in t.iter() {
+                        if let Some(w) = self.integer(weight, ty.get_ref(), 1..1_000_001) {
+                            types.push((
+                                ty.get_ref().to_string(),
+                                u32::try_from(w).expect("range-checked"),
+                            ));
+                        }
+                    }
+                }
+                _ => {
+                    for (ty, _) in self.strings(v, "types", false).unwrap_or_default() {
+                        types.push((ty, 1));
+                    }
+                }
+            }
+            for (ty, _) in &types {
+                if ty.is_empty() {
+                    self.error_coded(
+                        codes::INVALID_VALUE,
+                        v.span(),
+                        "an event type must not be empty",
+                        None,
+                    );
+                    valid = false;
+                }
+            }
+            if types.is_empty() {
+                self.error_coded(
+                    codes::INVALID_VALUE,
+                    v.span(),
+                    "`types` must name at least one event type",
+                    Some(
+                        "for example `types = { \"order.created\" = 3, \"order.paid\" = 1 }`"
+                            .to_owned(),
+                    ),
+                );
+                valid = false;
+            }
+            g.types = types;
+        }
+        valid.then_some(SourceConfig::Generator(g))
     }
 
     /// Two listeners on one address cannot both start: say so now, at the second one.
@@ -1217,11 +1422,22 @@ impl Decoder<'_> {
 
     fn sink(&mut self, name: &Key<'_>, value: &Value<'_>) -> Option<SinkConfig> {
         let what = format!("sink `{}`", name.get_ref());
-        let table = self.typed_table(name, value, &what, SINK_TYPES, SINK_KEYS)?;
+        let extensions = self.extensions;
+        let types: Vec<&str> = SINK_TYPES
+            .iter()
+            .copied()
+            .chain(extensions.sinks.iter().map(|(n, _)| n.as_str()))
+            .collect();
+        let table = self.typed_table(name, value, &what, &types, SINK_KEYS)?;
         let ty = get(table, "type")
             .and_then(|v| v.get_ref().as_str())
             .unwrap_or_default();
         let what = format!("{what} (type \"{ty}\")");
+        if let Some((_, validate)) = extensions.sinks.iter().find(|(n, _)| n == ty) {
+            return self
+                .custom(table, value.span(), ty, validate, &what)
+                .map(SinkConfig::Custom);
+        }
         match ty {
             "file" => {
                 self.check_keys(table, &what, &["type", "path"]);
@@ -1456,7 +1672,20 @@ impl Decoder<'_> {
             self.missing(table, "type", item.span(), what, hint.to_owned());
             return None;
         };
-        let kind = self.choice(ty, "processor type", PROCESSOR_TYPES)?;
+        let extensions = self.extensions;
+        let types: Vec<&str> = PROCESSOR_TYPES
+            .iter()
+            .copied()
+            .chain(extensions.processors.iter().map(|(n, _)| n.as_str()))
+            .collect();
+        let kind = self.choice(ty, "processor type", &types)?;
+        if kind >= PROCESSOR_TYPES.len() {
+            let (type_name, validate) = &extensions.processors[kind - PROCESSOR_TYPES.len()];
+            let what = format!("processor (type \"{type_name}\")");
+            return self
+                .custom(table, item.span(), type_name, validate, &what)
+                .map(ProcessorConfig::Custom);
+        }
         let (key, what) = if kind == 0 {
             ("condition", "filter processor")
         } else {
@@ -1485,6 +1714,40 @@ impl Decoder<'_> {
                 for error in errors {
                     self.expr_diagnostic(Severity::Error, program.span(), key, error);
                 }
+                None
+            }
+        }
+    }
+
+    /// A custom handler's table: every key but `type` as JSON options, checked by the
+    /// registered validator (its complaint is reported at the table).
+    fn custom(
+        &mut self,
+        table: &DeTable<'_>,
+        span: Range<usize>,
+        type_name: &str,
+        validate: &OptionsValidator,
+        what: &str,
+    ) -> Option<CustomConfig> {
+        let mut options = serde_json::Map::new();
+        for (key, value) in table.iter() {
+            if key.get_ref() != "type" {
+                options.insert(key.get_ref().to_string(), toml_to_json(value.get_ref()));
+            }
+        }
+        let options = serde_json::Value::Object(options);
+        match validate(&options) {
+            Ok(()) => Some(CustomConfig {
+                type_name: type_name.to_owned(),
+                options,
+            }),
+            Err(message) => {
+                self.error_coded(
+                    codes::INVALID_VALUE,
+                    span,
+                    format!("{what}: {message}"),
+                    None,
+                );
                 None
             }
         }
@@ -1568,6 +1831,33 @@ impl Decoder<'_> {
                 );
             }
         }
+    }
+}
+
+/// A TOML value as JSON (dates become their RFC 3339 text).
+fn toml_to_json(value: &DeValue<'_>) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        DeValue::String(s) => J::String(s.to_string()),
+        DeValue::Integer(i) => {
+            i64::from_str_radix(i.as_str(), i.radix()).map_or(J::Null, |n| J::Number(n.into()))
+        }
+        DeValue::Float(f) => f
+            .as_str()
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or(J::Null, J::Number),
+        DeValue::Boolean(b) => J::Bool(*b),
+        DeValue::Datetime(d) => J::String(d.to_string()),
+        DeValue::Array(items) => {
+            J::Array(items.iter().map(|v| toml_to_json(v.get_ref())).collect())
+        }
+        DeValue::Table(t) => J::Object(
+            t.iter()
+                .map(|(k, v)| (k.get_ref().to_string(), toml_to_json(v.get_ref())))
+                .collect(),
+        ),
     }
 }
 

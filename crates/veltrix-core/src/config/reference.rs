@@ -187,14 +187,19 @@ pub fn reference() -> Vec<SectionDoc> {
         },
         SectionDoc {
             title: "[sources.NAME]",
-            intro: format!("An ingest listener (`POST /v1/events`). {names}"),
+            intro: format!(
+                "Where events come from: an HTTP listener (`POST /v1/events`) or a source Veltrix pulls from. {names}"
+            ),
             keys: vec![
                 key(
                     "type",
                     one_of(SOURCE_TYPES),
                     DefaultDoc::Required,
                     "",
-                    "`\"http\"`: CloudEvents over HTTP.",
+                    "`\"http\"`: CloudEvents over HTTP (`POST /v1/events`); `\"generator\"`: \
+                     synthetic events at a fixed rate (demos, benchmarks, tests). Each type \
+                     takes the keys marked with its name below (http: `address`, \
+                     `body_bytes_max`, `tokens`).",
                 ),
                 key(
                     "address",
@@ -216,7 +221,59 @@ pub fn reference() -> Vec<SectionDoc> {
                     "array of strings",
                     value("[]"),
                     "no empty token",
-                    "When non-empty, a request needs `Authorization: Bearer <one of these>`.",
+                    "When non-empty, a request needs `Authorization: Bearer <one of these>` \
+                     (http).",
+                ),
+                key(
+                    "rate",
+                    "integer (events per second)",
+                    value("1000"),
+                    format!("1 to {GENERATOR_RATE_MAX}"),
+                    "generator: events per second, on a fixed schedule (open loop).",
+                ),
+                key(
+                    "count",
+                    "integer",
+                    text("none: runs until stopped"),
+                    "at least 1",
+                    "generator: stop after this many events.",
+                ),
+                key(
+                    "types",
+                    "array of strings, or table of type = weight",
+                    value("[\"veltrix.generated\"]"),
+                    "not empty; weights 1 to 1,000,000",
+                    "generator: the event types to send, equally often (array) or by weight \
+                     (`{ \"order.created\" = 3, \"order.paid\" = 1 }`), in a fixed cycle.",
+                ),
+                key(
+                    "payload_bytes",
+                    "integer (bytes)",
+                    value("200"),
+                    format!("0 to {GENERATOR_PAYLOAD_MAX}"),
+                    "generator: about how many bytes of `data` per event: `{\"seq\", \"key\", \
+                     \"value\", \"pad\"}`.",
+                ),
+                key(
+                    "keys",
+                    "integer",
+                    value("100"),
+                    "at least 1",
+                    "generator: distinct values of `data.key` (`\"k0\"`, `\"k1\"`, ...), cycling.",
+                ),
+                key(
+                    "source",
+                    "string",
+                    text("`/veltrix/generator/NAME`"),
+                    "not empty",
+                    "generator: the CloudEvents `source` attribute of its events.",
+                ),
+                key(
+                    "batch_events",
+                    "integer",
+                    value("100"),
+                    format!("1 to {BATCH_EVENTS_MAX_MAX}"),
+                    "generator: events stored per append (one group commit each).",
                 ),
             ],
         },
@@ -592,7 +649,7 @@ mod tests {
         match title {
             "top level" => ROOT_KEYS,
             "[api]" => API_KEYS,
-            "[sources.NAME]" => HTTP_SOURCE_KEYS,
+            "[sources.NAME]" => SOURCE_KEYS,
             "[queues.NAME]" => QUEUE_KEYS,
             "[pipelines.NAME]" => PIPELINE_KEYS,
             "retry" => RETRY_KEYS,
@@ -609,7 +666,7 @@ mod tests {
         let all_key_lists = [
             ROOT_KEYS,
             API_KEYS,
-            HTTP_SOURCE_KEYS,
+            SOURCE_KEYS,
             QUEUE_KEYS,
             PIPELINE_KEYS,
             RETRY_KEYS,
@@ -647,7 +704,10 @@ mod tests {
         match title {
             "top level" => format!("{line}\n"),
             "[api]" => format!("[api]\n{line}\n"),
-            "[sources.NAME]" => format!("[sources.http]\ntype = \"http\"\n{line}\n"),
+            "[sources.NAME]" if HTTP_SOURCE_KEYS.contains(&key) => {
+                format!("[sources.http]\ntype = \"http\"\n{line}\n")
+            }
+            "[sources.NAME]" => format!("[sources.g]\ntype = \"generator\"\n{line}\n"),
             "[queues.NAME]" => topology(line, "", ""),
             "[pipelines.NAME]" => topology("", line, ""),
             "retry" => topology("", &format!("retry = {{ {line} }}"), ""),

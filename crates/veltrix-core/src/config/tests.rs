@@ -113,7 +113,9 @@ fn the_default_config_validates_and_matches_its_written_form() {
         }
     );
     assert_eq!(config.api.address.to_string(), "127.0.0.1:8081");
-    let SourceConfig::Http(http) = &config.sources["http"];
+    let SourceConfig::Http(http) = &config.sources["http"] else {
+        panic!("an http source")
+    };
     assert_eq!(http.address.to_string(), "127.0.0.1:8080");
 }
 
@@ -144,7 +146,9 @@ fn the_issue_example_parses_with_every_value() {
         matches!(&archive.processors[0], ProcessorConfig::Filter(f) if f.source() == ".type != \"debug.ping\"")
     );
     assert!(matches!(&archive.processors[1], ProcessorConfig::Remap(_)));
-    let SourceConfig::Http(http) = &config.sources["http"];
+    let SourceConfig::Http(http) = &config.sources["http"] else {
+        panic!("an http source")
+    };
     assert_eq!(http.body_bytes_max, ByteSize(10 << 20));
 }
 
@@ -217,12 +221,17 @@ type = "stdout"
 #[test]
 fn unknown_keys_are_errors_with_did_you_mean_at_the_key() {
     let src = "[sources.http]\ntype = \"http\"\n  adress = \"127.0.0.1:9000\"\n";
-    let error = check_error(src, 3, 3, "unknown key `adress` in source `http`");
+    let error = check_error(
+        src,
+        3,
+        3,
+        "unknown key `adress` in source `http` (type \"http\")",
+    );
     assert_eq!(error.hint.as_deref(), Some("did you mean `address`?"));
     assert_eq!(error.width, 6);
     assert_eq!(
         error.to_string(),
-        "veltrix.toml:3:3: error[V004]: unknown key `adress` in source `http`\n  \
+        "veltrix.toml:3:3: error[V004]: unknown key `adress` in source `http` (type \"http\")\n  \
          |\n\
          3 |   adress = \"127.0.0.1:9000\"\n  \
          |   ^^^^^^\n  \
@@ -449,7 +458,9 @@ fn env_interpolation_substitutes_values_and_defaults() {
         .unwrap()
         .config;
     assert_eq!(config.data_dir, PathBuf::from("/srv/veltrix"));
-    let SourceConfig::Http(http) = &config.sources["http"];
+    let SourceConfig::Http(http) = &config.sources["http"] else {
+        panic!("an http source")
+    };
     assert_eq!(http.address.port(), 9090);
 }
 
@@ -715,7 +726,9 @@ fn a_dead_letter_queue_may_not_be_a_routable_queue() {
 fn an_http_source_may_require_tokens() {
     let src = "[sources.http]\ntype = \"http\"\ntokens = [\"a\", \"b\"]\n";
     let config = valid(src).config;
-    let SourceConfig::Http(http) = &config.sources["http"];
+    let SourceConfig::Http(http) = &config.sources["http"] else {
+        panic!("an http source")
+    };
     assert_eq!(http.tokens, ["a", "b"]);
     check_error(
         "[sources.http]\ntype = \"http\"\ntokens = [\"\"]\n",

@@ -1,0 +1,127 @@
+//! Pull sources: everything but HTTP. Each runs as one task ([`RunningSource`]) that reads from
+//! its upstream, stores through [`SourceContext::store`] — the same route-and-append path as HTTP
+//! ingest — and acknowledges upstream only after the store returned (the events are then as
+//! durable as their queue promises). A full backpressure queue pauses the source: it waits and
+//! retries the same events instead of dropping them (`veltrix_source_pauses_total` counts the waits).
+//!
+//! Shutdown: sources stop before pipelines. A source stops at its next await point; a store in
+//! progress completes (or is refused) first, so nothing acknowledged upstream is lost.
+
+mod generator;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use veltrix_core::config::SourceConfig;
+use veltrix_core::event::Event;
+
+use crate::ingest::{self, Accepted, StoreError};
+use crate::live::Live;
+use crate::stats::SourceCounters;
+
+/// First wait of a paused source; doubles up to [`PAUSE_MAX`].
+const PAUSE_INITIAL: Duration = Duration::from_millis(10);
+const PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// What a pull source gets: where to store, its counters and its stop signal.
+pub(crate) struct SourceContext {
+    pub(crate) name: String,
+    live: Arc<Live>,
+    counters: Arc<SourceCounters>,
+    received: metrics::Counter,
+    paused: metrics::Counter,
+    /// Becomes `true` when the engine stops.
+    pub(crate) stop: watch::Receiver<bool>,
+}
+
+impl SourceContext {
+    pub(crate) fn new(
+        name: &str,
+        live: Arc<Live>,
+        counters: Arc<SourceCounters>,
+        stop: watch::Receiver<bool>,
+    ) -> SourceContext {
+        SourceContext {
+            name: name.to_owned(),
+            live,
+            counters,
+            received: metrics::counter!("veltrix_events_received_total", "source" => name.to_owned()),
+            paused: metrics::counter!("veltrix_source_pauses_total", "source" => name.to_owned()),
+            stop,
+        }
+    }
+
+    /// Whether the engine is stopping.
+    pub(crate) fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Stores `events` (all or nothing), waiting while a backpressure queue is full. `Err` is a
+    /// refusal that waiting cannot fix (unroutable or oversized events, storage failure), or
+    /// [`StoreError::Closed`] when the engine stops while waiting; the events were not stored
+    /// (for `Failed`, an earlier queue may hold its share: redelivery deduplicates by id).
+    pub(crate) async fn store(&mut self, events: &[Event]) -> Result<Accepted, StoreError> {
+        let mut pause = PAUSE_INITIAL;
+        loop {
+            match ingest::store(&self.live, events).await {
+                Ok(accepted) => {
+                    self.received.increment(accepted.accepted as u64);
+                    self.counters
+                        .received
+                        .fetch_add(accepted.accepted as u64, Ordering::Relaxed);
+                    return Ok(accepted);
+                }
+                Err(StoreError::Full { .. }) if !self.stopping() => {
+                    self.paused.increment(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.stop.changed() => return Err(StoreError::Closed),
+                    }
+                    pause = (pause * 2).min(PAUSE_MAX);
+                }
+                Err(e) => {
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    let reason = match &e {
+                        StoreError::Unroutable(_) => "unroutable-events",
+                        StoreError::TooLarge { .. } => "event-too-large",
+                        StoreError::Full { .. } | StoreError::Closed => "unavailable",
+                        StoreError::Failed { .. } => "storage-failed",
+                    };
+                    metrics::counter!("veltrix_events_rejected_total", "source" => self.name.clone(), "reason" => reason)
+                        .increment(events.len() as u64);
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// A started pull source.
+pub(crate) struct RunningSource {
+    pub(crate) name: String,
+    task: JoinHandle<()>,
+}
+
+impl RunningSource {
+    /// Starts the pull source `config` (`None` for HTTP, which the engine serves itself).
+    pub(crate) fn start(config: &SourceConfig, ctx: SourceContext) -> Option<RunningSource> {
+        let name = ctx.name.clone();
+        let task = match config {
+            SourceConfig::Http(_) => return None,
+            SourceConfig::Generator(g) => tokio::spawn(generator::run(g.clone(), ctx)),
+        };
+        Some(RunningSource { name, task })
+    }
+
+    /// Waits for the source to finish after the stop signal, at most until `deadline`.
+    pub(crate) async fn join(self, deadline: tokio::time::Instant) {
+        let mut task = self.task;
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            tracing::warn!(source = %self.name, "a source did not stop in time");
+            task.abort();
+        }
+    }
+}
