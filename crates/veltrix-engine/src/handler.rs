@@ -31,7 +31,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
+/// What [`Sink::write`] returns: a boxed future (`Box::pin(async move { ... })`).
+pub use futures_util::future::BoxFuture;
 use serde_json::Value as Json;
 use veltrix_core::config::{Extensions, OptionsValidator};
 pub use veltrix_core::event::{Data, Event, ExtensionValue, InvalidEvent};

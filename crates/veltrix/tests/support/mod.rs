@@ -12,7 +12,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_veltrix");
+/// The `veltrix` binary under test (examples that embed Veltrix include this module and start
+/// their own binary with [`Engine::start_program`]).
+pub const BIN: &str = match option_env!("CARGO_BIN_EXE_veltrix") {
+    Some(path) => path,
+    None => "veltrix",
+};
 /// Longest we wait for the engine to come up or for events to arrive before failing the test
 /// (a failure guard, not a timing assertion).
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -40,8 +45,24 @@ impl Engine {
         Self::start_full(config, &[], &["--watch"], None)
     }
 
+    /// Starts `program run -c config`: a program built on the `veltrix` library (custom
+    /// handlers) that has the whole command line.
+    pub fn start_program(program: &str, config: &Path) -> Engine {
+        Self::start_bin(program, config, &[], &[], None)
+    }
+
     fn start_full(config: &Path, args: &[&str], run_args: &[&str], log: Option<&Path>) -> Engine {
-        let mut command = Command::new(BIN);
+        Self::start_bin(BIN, config, args, run_args, log)
+    }
+
+    fn start_bin(
+        program: &str,
+        config: &Path,
+        args: &[&str],
+        run_args: &[&str],
+        log: Option<&Path>,
+    ) -> Engine {
+        let mut command = Command::new(program);
         command
             .args(args)
             .args(["run", "-c"])
