@@ -861,7 +861,7 @@ fn a_file_source_needs_include() {
 fn a_bad_path_pattern_is_reported_at_the_pattern() {
     let src =
         format!("[sources.logs]\ntype = \"file\"\ninclude = [\"/ok/*\", \"/bad/[a\"]\n{BASE}");
-    let e = check_error(&src, 3, 20, "invalid path pattern \"/bad/[a\"");
+    let e = check_error(&src, 3, 21, "invalid path pattern \"/bad/[a\"");
     assert!(e.message.contains("at character"), "{}", e.message);
     let src =
         format!("[sources.logs]\ntype = \"file\"\ninclude = [\"/ok/*\"]\nexclude = [\"\"]\n{BASE}");
@@ -921,4 +921,34 @@ fn two_file_sources_cannot_share_a_checkpoint_directory() {
         "checkpoint directory /d/sources/a is already used by source `a`",
     );
     assert_eq!(e.code, Some(codes::CONFLICT));
+}
+
+#[test]
+fn a_file_sink_writing_into_a_file_source_is_an_error_at_its_path() {
+    let src = r#"
+[sources.logs]
+type = "file"
+include = ["/var/log/*.ndjson"]
+[queues.default]
+types = ["*"]
+[pipelines.main]
+from = ["default"]
+sink = "out"
+[sinks.out]
+type = "file"
+path = "/var/log/events.ndjson"
+"#;
+    let e = check_error(
+        src,
+        12,
+        8,
+        "sink `out` writes /var/log/events.ndjson, which file source `logs` reads",
+    );
+    assert_eq!(e.code, Some(codes::CONFLICT));
+    // Excluded: fine.
+    let fixed = src.replace(
+        "include = [\"/var/log/*.ndjson\"]",
+        "include = [\"/var/log/*.ndjson\"]\nexclude = [\"/var/log/events.ndjson\"]",
+    );
+    valid(&fixed);
 }

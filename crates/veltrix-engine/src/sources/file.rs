@@ -161,6 +161,8 @@ struct Tracked {
     skipping: bool,
     /// When the globs stopped leading to it (renamed away or deleted).
     gone_since: Option<Instant>,
+    /// Counted as a rename rotation (a new file took its path).
+    rotated: bool,
     /// When bytes were last consumed.
     last_data: Instant,
     /// The last read found nothing to consume.
@@ -465,19 +467,28 @@ impl Tailer {
         }
         for i in plan.back {
             self.files[i].gone_since = None;
+            self.files[i].rotated = false;
         }
         for (i, replaced) in plan.gone {
             let t = &mut self.files[i];
             t.gone_since = Some(Instant::now());
-            if replaced {
-                self.metrics.renames.increment(1);
-            }
             tracing::info!(
                 source = %self.name,
                 path = %t.path.display(),
                 rotated = replaced,
                 "file no longer at a matching path (rotated or deleted); reading it to its end"
             );
+        }
+        // A rename rotation: another file took the path of one no longer there (counted once,
+        // whether the new file appeared in the same scan or a later one).
+        for t in &mut self.files {
+            if t.gone_since.is_some()
+                && !t.rotated
+                && found.iter().any(|(p, id)| *p == t.path && *id != t.id)
+            {
+                t.rotated = true;
+                self.metrics.renames.increment(1);
+            }
         }
         let at_startup = !self.scanned_once;
         let mut waiting = 0;
@@ -552,6 +563,7 @@ impl Tailer {
             lines_known: true,
             skipping: false,
             gone_since: None,
+            rotated: false,
             last_data: now,
             at_eof: false,
             lag_bytes: size,

@@ -77,6 +77,7 @@ impl LineBatch {
     }
 
     /// The lines with their origins, in order.
+    #[cfg(test)]
     pub(crate) fn lines(&self) -> impl Iterator<Item = (&[u8], Origin)> {
         (0..self.len()).map(|i| (self.line(i), self.origins[i]))
     }
