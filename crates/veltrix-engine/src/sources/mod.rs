@@ -4,6 +4,10 @@
 //! durable as their queue promises). A full backpressure queue pauses the source: it waits and
 //! retries the same events instead of dropping them (`veltrix_source_pauses_total` counts the waits).
 //!
+//! Line sources (`file`, `stdin`) read NDJSON: `lines.rs` splits, `ndjson.rs` decodes a batch
+//! and skips bad lines (counted), `file.rs` tails files with `checkpoint.rs`, `stdin.rs` reads
+//! standard input and may ask the engine to stop at its end ([`SourceContext::request_exit`]).
+//!
 //! Shutdown: sources stop before pipelines. A source stops at its next await point; a store in
 //! progress completes (or is refused) first, so nothing acknowledged upstream is lost.
 

@@ -88,9 +88,17 @@ impl LineBatch {
     }
 }
 
-/// Decodes every line of `batch`; returns the events with the origin of each, and the lines
-/// that are not valid CloudEvents (origin, message). Pure.
-pub(crate) fn decode(batch: &LineBatch) -> (Vec<(Event, Origin)>, Vec<(Origin, String)>) {
+/// A batch decoded.
+#[derive(Debug, Default)]
+pub(crate) struct Decoded {
+    /// The events, each with its line's origin.
+    pub(crate) events: Vec<(Event, Origin)>,
+    /// The lines that are not valid CloudEvents: origin and what is wrong.
+    pub(crate) bad: Vec<(Origin, String)>,
+}
+
+/// Decodes every line of `batch`. Pure.
+pub(crate) fn decode(batch: &LineBatch) -> Decoded {
     let no_headers: &[(&str, &str)] = &[];
     let mut bad = Vec::new();
     // Indices into `batch` of the lines in `body` (all of them until some line is bad).
@@ -102,7 +110,10 @@ pub(crate) fn decode(batch: &LineBatch) -> (Vec<(Event, Origin)>, Vec<(Origin, S
             Ok(events) => {
                 debug_assert_eq!(events.len(), kept.len(), "one event per non-blank line");
                 let origins = kept.iter().map(|&i| batch.origins[i]);
-                return (events.into_iter().zip(origins).collect(), bad);
+                return Decoded {
+                    events: events.into_iter().zip(origins).collect(),
+                    bad,
+                };
             }
             Err(DecodeError::Invalid(errors)) => {
                 // Each error names its line's index in `body`: drop those lines and decode the
@@ -127,7 +138,10 @@ pub(crate) fn decode(batch: &LineBatch) -> (Vec<(Event, Origin)>, Vec<(Origin, S
                 }
                 body = &rebuilt;
                 if kept.is_empty() {
-                    return (Vec::new(), bad);
+                    return Decoded {
+                        events: Vec::new(),
+                        bad,
+                    };
                 }
             }
             Err(e @ DecodeError::UnsupportedMediaType(_)) => {
@@ -214,7 +228,7 @@ pub(crate) async fn store_lines(
     locate: &(dyn Fn(Origin) -> String + Sync),
     mut touched: Option<&mut HashSet<String>>,
 ) -> Result<(), Stopped> {
-    let (events, bad) = decode(batch);
+    let Decoded { events, bad } = decode(batch);
     for (origin, message) in bad {
         rejects.reject(ctx, "invalid-event", &locate(origin), &message);
     }
@@ -311,7 +325,7 @@ mod tests {
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
             batch.push(event_line(id).as_bytes(), origin(i as u64 + 1), 100);
         }
-        let (events, bad) = decode(&batch);
+        let Decoded { events, bad } = decode(&batch);
         assert!(bad.is_empty());
         let ids: Vec<(&str, Option<u64>)> = events.iter().map(|(e, o)| (e.id(), o.line)).collect();
         assert_eq!(ids, [("a", Some(1)), ("b", Some(2)), ("c", Some(3))]);
@@ -326,7 +340,7 @@ mod tests {
         batch.push(br#"{"specversion":"1.0","source":"/t"}"#, origin(13), 100);
         batch.push(event_line("d").as_bytes(), origin(14), 100);
         assert_eq!(batch.len(), 4);
-        let (events, bad) = decode(&batch);
+        let Decoded { events, bad } = decode(&batch);
         let ids: Vec<(&str, Option<u64>)> = events.iter().map(|(e, o)| (e.id(), o.line)).collect();
         assert_eq!(ids, [("a", Some(10)), ("d", Some(14))]);
         let bad_lines: Vec<Option<u64>> = bad.iter().map(|(o, _)| o.line).collect();
@@ -344,7 +358,7 @@ mod tests {
         let mut batch = LineBatch::default();
         batch.push(b"[1,2]", origin(1), 100);
         batch.push(b"nope", origin(2), 100);
-        let (events, bad) = decode(&batch);
+        let Decoded { events, bad } = decode(&batch);
         assert!(events.is_empty());
         assert_eq!(bad.len(), 2);
     }
