@@ -58,6 +58,7 @@ use super::ndjson::{self, LineBatch, Origin, Rejects, Stopped};
 pub(crate) const SAVE_INTERVAL: Duration = Duration::from_millis(250);
 /// A file no longer at a matching path is closed after this long without new bytes.
 pub(crate) const GONE_IDLE: Duration = Duration::from_secs(1);
+const SAVE_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Bytes read from a file per call.
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Most bytes one file reads in its turn (bounds the time others wait when lines are skipped).
@@ -322,6 +323,8 @@ pub(crate) struct Tailer {
     /// Offsets moved since the last save.
     dirty: bool,
     last_save: Option<Instant>,
+    /// When a failed save was last logged.
+    save_error_logged: Option<Instant>,
     /// Paths already warned about (cannot open), so each is logged once.
     warned: HashSet<PathBuf>,
     /// Files waiting for a slot at the last scan (warned about when it changes).
@@ -349,6 +352,7 @@ impl Tailer {
             last_scan: None,
             dirty: false,
             last_save: None,
+            save_error_logged: None,
             warned: HashSet::new(),
             last_waiting: 0,
             buf: Vec::new(),
@@ -730,8 +734,15 @@ impl Tailer {
                 self.checkpoint_lost = false;
             }
             Err(e) => {
-                // Reading goes on; a restart would re-read more (duplicates, not loss).
-                tracing::error!(source = %self.name, dir = %self.config.checkpoint_dir.display(), error = %e, "cannot save the checkpoint; retrying");
+                // Reading goes on; a restart would re-read more (duplicates, not loss). Logged
+                // at most once a minute: a broken directory would otherwise log 4 times a second.
+                if self
+                    .save_error_logged
+                    .is_none_or(|t| t.elapsed() >= SAVE_ERROR_LOG_INTERVAL)
+                {
+                    self.save_error_logged = Some(Instant::now());
+                    tracing::error!(source = %self.name, dir = %self.config.checkpoint_dir.display(), error = %e, "cannot save the checkpoint; retrying (a restart re-reads everything since the last save)");
+                }
             }
         }
         self.last_save = Some(Instant::now());
@@ -1097,6 +1108,26 @@ mod tests {
         drain(&mut tailer, &mut out);
         assert_eq!(out.lines, ["partial-done", "new", "from-start"]);
         assert_eq!(id(&app), tailer.files[0].id);
+    }
+
+    #[test]
+    fn reading_goes_on_when_the_checkpoint_cannot_be_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, "").unwrap();
+        let mut tailer = Tailer::new(
+            "t",
+            FileSourceConfig {
+                checkpoint_dir: blocker.join("checkpoints"),
+                ..config(dir.path())
+            },
+        );
+        let mut out = Recorder::default();
+        append(&dir.path().join("app.ndjson"), "1\n2\n");
+        drain(&mut tailer, &mut out);
+        assert_eq!(out.lines, ["1", "2"]);
+        assert!(tailer.dirty, "still to be saved");
+        assert!(tailer.save_error_logged.is_some());
     }
 
     #[test]
