@@ -208,6 +208,8 @@ pub struct Engine {
     servers: Vec<JoinHandle<io::Result<()>>>,
     /// Sources that pull (everything but HTTP); stopped with the listeners.
     pull_sources: Vec<RunningSource>,
+    /// Set (with the reason) when a source asks the engine to stop: see [`Engine::exit_requested`].
+    exit: watch::Receiver<Option<String>>,
     reloader: Arc<Reloader>,
 }
 
@@ -216,6 +218,8 @@ fn describe_source(source: &SourceConfig) -> String {
     match source {
         SourceConfig::Http(http) => http.address.to_string(),
         SourceConfig::Generator(g) => format!("generator {}/s", g.rate),
+        SourceConfig::File(f) => format!("file {}", f.include.join(", ")),
+        SourceConfig::Stdin(_) => "stdin".to_owned(),
     }
 }
 
@@ -278,6 +282,8 @@ impl Engine {
         let mut ingest_addrs = Vec::new();
         let mut sources = Vec::new();
         let mut pull_sources = Vec::new();
+        let (exit_tx, exit) = watch::channel(None);
+        let exit_tx = Arc::new(exit_tx);
         for (name, source) in &config.sources {
             match source {
                 SourceConfig::Http(http) => {
@@ -305,7 +311,8 @@ impl Engine {
                         live.clone(),
                         counters.clone(),
                         stop_http_rx.clone(),
-                    );
+                    )
+                    .with_exit(exit_tx.clone());
                     sources.push((name.clone(), describe_source(pull), counters));
                     pull_sources.extend(RunningSource::start(pull, ctx));
                 }
@@ -387,8 +394,21 @@ impl Engine {
             stop_sampler,
             servers,
             pull_sources,
+            exit,
             reloader,
         })
+    }
+
+    /// Resolves, with the reason, when a source asks the engine to stop: a stdin source whose
+    /// input ended and was delivered (`exit_on_eof`). The caller then shuts down as for a
+    /// signal (`veltrix run` does, and exits 0). Never resolves otherwise.
+    pub async fn exit_requested(&self) -> String {
+        let mut exit = self.exit.clone();
+        match exit.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // Every source that could ask is gone.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// What runs where (as started; reloads may change queues and pipelines).

@@ -477,6 +477,7 @@ fn process_stats() -> ProcessStats {
 /// once, when the recorder is installed.
 pub(crate) fn describe_metrics() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    crate::sources::describe_metrics();
     describe_counter!(
         "veltrix_events_received_total",
         Unit::Count,
@@ -485,7 +486,7 @@ pub(crate) fn describe_metrics() {
     describe_counter!(
         "veltrix_events_rejected_total",
         Unit::Count,
-        "Ingest requests refused, by source and reason (problem type)."
+        "Ingest requests refused, by source and reason (problem type); for file and stdin sources, lines skipped, by reason."
     );
     describe_counter!(
         "veltrix_events_dropped_total",

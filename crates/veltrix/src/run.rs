@@ -119,7 +119,8 @@ fn print_banner(engine: &Engine, config_path: Option<&Path>, took: Duration) {
     say!("press Ctrl-C to stop");
 }
 
-/// Serves until SIGINT or SIGTERM. SIGHUP reloads the config file; with `watched`, so does a
+/// Serves until SIGINT or SIGTERM, or until a source asks to stop (stdin at its end with
+/// `exit_on_eof`). SIGHUP reloads the config file; with `watched`, so does a
 /// change of the file's contents (read every second: config files are small, and contents catch
 /// edits that timestamps with coarse granularity miss).
 async fn serve_until_stopped(
@@ -140,6 +141,10 @@ async fn serve_until_stopped(
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => report(engine.reload(false).await, "SIGHUP"),
+            why = engine.exit_requested() => {
+                say!("veltrix: {why}");
+                return Ok(());
+            }
             _ = poll.tick(), if watched.is_some() => {
                 let now = watched.and_then(|path| std::fs::read(path).ok());
                 if now != last_seen {

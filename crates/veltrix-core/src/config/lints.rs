@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
+use super::SourceConfig;
 use super::diagnostic::{Source, diagnostic_at};
 use super::units::format_duration;
 use super::{
@@ -261,7 +262,47 @@ pub(crate) fn check(config: &Config, at: &Locations) -> Vec<Diagnostic> {
     unreachable_pipelines(config, at, &mut out);
     retries_above_starvation(config, at, &mut out);
     memory_queues_feeding_delivery(config, at, &mut out);
+    file_sinks_feeding_file_sources(config, at, &mut out);
     out
+}
+
+/// A file sink writing a file that a file source reads would read every event back in,
+/// forever (compared as written: a path spelt differently is not caught).
+fn file_sinks_feeding_file_sources(config: &Config, at: &Locations, out: &mut Vec<Diagnostic>) {
+    let patterns = |list: &[String]| -> Vec<glob::Pattern> {
+        list.iter()
+            .filter_map(|p| glob::Pattern::new(p).ok())
+            .collect()
+    };
+    for (source, config_source) in &config.sources {
+        let SourceConfig::File(file) = config_source else {
+            continue;
+        };
+        let (include, exclude) = (patterns(&file.include), patterns(&file.exclude));
+        for (sink, sink_config) in &config.sinks {
+            let SinkConfig::File { path } = sink_config else {
+                continue;
+            };
+            if include.iter().any(|p| p.matches_path(path))
+                && !exclude.iter().any(|p| p.matches_path(path))
+            {
+                out.push(at.diagnostic(
+                    at.value(&["sinks", sink, "path"])
+                        .or_else(|| at.key(&["sinks", sink])),
+                    Severity::Error,
+                    codes::CONFLICT,
+                    format!(
+                        "sink `{sink}` writes {}, which file source `{source}` reads: every \
+                         event would be read back in, forever",
+                        path.display()
+                    ),
+                    Some(format!(
+                        "write the sink elsewhere, or add its path to source `{source}`'s `exclude`"
+                    )),
+                ));
+            }
+        }
+    }
 }
 
 fn shared_dead_letters(config: &Config, at: &Locations, out: &mut Vec<Diagnostic>) {

@@ -120,6 +120,52 @@ pub enum SourceConfig {
     Http(HttpSourceConfig),
     /// `type = "generator"`: synthetic CloudEvents at a fixed rate (demos, benchmarks, tests).
     Generator(GeneratorSourceConfig),
+    /// `type = "file"`: tails NDJSON files matching globs, with checkpoints.
+    File(FileSourceConfig),
+    /// `type = "stdin"`: NDJSON on standard input.
+    Stdin(StdinSourceConfig),
+}
+
+/// `[sources.NAME]` with `type = "file"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSourceConfig {
+    /// Path globs of the files to tail (required, non-empty; validated patterns).
+    pub include: Vec<String>,
+    /// Path globs of matching files to leave alone; default none.
+    pub exclude: Vec<String>,
+    /// Where to start in files seen for the first time at startup; default the beginning.
+    pub read_from: ReadFrom,
+    /// How often to look for new files, rotations and new lines; default 250 ms.
+    pub poll_interval: Duration,
+    /// Longest line kept; longer lines are skipped and counted. Default 1 MiB.
+    pub line_bytes_max: ByteSize,
+    /// Most lines stored per append; default 500.
+    pub batch_events: u64,
+    /// Most files open at once; further matching files wait. Default 1024.
+    pub open_files_max: u64,
+    /// Where the read positions are kept; default `<data_dir>/sources/NAME`.
+    pub checkpoint_dir: PathBuf,
+}
+
+/// Where a file source starts in a file it has no checkpoint for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    Beginning,
+    /// After the last complete line, for files that exist at startup; files that appear later
+    /// are always read from the beginning (they are new, e.g. after a rotation).
+    End,
+}
+
+/// `[sources.NAME]` with `type = "stdin"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StdinSourceConfig {
+    /// Longest line kept; longer lines are skipped and counted. Default 1 MiB.
+    pub line_bytes_max: ByteSize,
+    /// Most lines stored per append; default 500.
+    pub batch_events: u64,
+    /// At the end of input, stop the engine once every pipeline delivered what was read;
+    /// default true.
+    pub exit_on_eof: bool,
 }
 
 /// `[sources.NAME]` with `type = "generator"`.
@@ -351,6 +397,13 @@ const SEGMENT_BYTES_MAX: u64 = ByteSize::GIB;
 const NAME_LEN_MAX: usize = 64;
 const GENERATOR_RATE_MAX: i64 = 100_000_000;
 const GENERATOR_PAYLOAD_MAX: i64 = 1024 * 1024;
+const DEFAULT_LINE_BYTES_MAX: u64 = ByteSize::MIB;
+/// The queues' record limit: a longer line could never be stored.
+const LINE_BYTES_MAX_MAX: u64 = 8 * ByteSize::MIB;
+const DEFAULT_LINE_BATCH_EVENTS: u64 = 500;
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
+const DEFAULT_OPEN_FILES_MAX: u64 = 1024;
+const OPEN_FILES_MAX_MAX: i64 = 65_536;
 /// Warn when a pipeline has more than this many workers per core.
 const WORKERS_PER_CORE_WARN: usize = 4;
 
@@ -590,6 +643,18 @@ const GENERATOR_SOURCE_KEYS: &[&str] = &[
     "source",
     "batch_events",
 ];
+const FILE_SOURCE_KEYS: &[&str] = &[
+    "type",
+    "include",
+    "exclude",
+    "read_from",
+    "poll_interval",
+    "line_bytes_max",
+    "batch_events",
+    "open_files_max",
+    "checkpoint_dir",
+];
+const STDIN_SOURCE_KEYS: &[&str] = &["type", "line_bytes_max", "batch_events", "exit_on_eof"];
 /// Every source key (each source type takes `type` and its own subset).
 const SOURCE_KEYS: &[&str] = &[
     "type",
@@ -603,6 +668,14 @@ const SOURCE_KEYS: &[&str] = &[
     "keys",
     "source",
     "batch_events",
+    "include",
+    "exclude",
+    "read_from",
+    "poll_interval",
+    "line_bytes_max",
+    "open_files_max",
+    "checkpoint_dir",
+    "exit_on_eof",
 ];
 const QUEUE_KEYS: &[&str] = &[
     "types",
@@ -630,7 +703,8 @@ const SINK_KEYS: &[&str] = &["type", "path", "url", "timeout"];
 /// Every processor key (a filter takes `condition`, a remap `source`).
 const PROCESSOR_KEYS: &[&str] = &["type", "condition", "source"];
 const WHEN_FULL: &[&str] = &["backpressure", "drop_newest", "drop_oldest"];
-const SOURCE_TYPES: &[&str] = &["http", "generator"];
+const SOURCE_TYPES: &[&str] = &["http", "generator", "file", "stdin"];
+const READ_FROM: &[&str] = &["beginning", "end"];
 const SINK_TYPES: &[&str] = &["file", "stdout", "blackhole", "http"];
 const PROCESSOR_TYPES: &[&str] = &["filter", "remap"];
 const DURABILITIES: &[&str] = &["fsync", "interval", "memory"];
@@ -1066,6 +1140,7 @@ impl Decoder<'_> {
                     );
                 }
                 self.check_addresses(&sources, &config);
+                self.line_sources(&sources, &mut config);
             }
         }
 
@@ -1153,6 +1228,14 @@ impl Decoder<'_> {
         if ty == "generator" {
             self.check_keys(table, &what, GENERATOR_SOURCE_KEYS);
             return self.generator(name.get_ref(), table);
+        }
+        if ty == "file" {
+            self.check_keys(table, &what, FILE_SOURCE_KEYS);
+            return self.file_source(name, table, &what);
+        }
+        if ty == "stdin" {
+            self.check_keys(table, &what, STDIN_SOURCE_KEYS);
+            return self.stdin_source(table);
         }
         self.check_keys(table, &what, HTTP_SOURCE_KEYS);
         let mut http = HttpSourceConfig::default();
@@ -1268,6 +1351,192 @@ impl Decoder<'_> {
             g.types = types;
         }
         valid.then_some(SourceConfig::Generator(g))
+    }
+
+    /// `type = "file"`. `checkpoint_dir` stays empty when not given: [`Self::line_sources`]
+    /// puts it under `data_dir` once the whole source section is decoded.
+    fn file_source(
+        &mut self,
+        name: &Key<'_>,
+        table: &DeTable<'_>,
+        what: &str,
+    ) -> Option<SourceConfig> {
+        let mut f = FileSourceConfig {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            read_from: ReadFrom::Beginning,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            line_bytes_max: ByteSize(DEFAULT_LINE_BYTES_MAX),
+            batch_events: DEFAULT_LINE_BATCH_EVENTS,
+            open_files_max: DEFAULT_OPEN_FILES_MAX,
+            checkpoint_dir: PathBuf::new(),
+        };
+        let errors_before = self.diagnostics.iter().filter(|d| d.is_error()).count();
+        match get(table, "include") {
+            None => {
+                let hint = "add `include = [\"/var/log/app/*.ndjson\"]`";
+                self.missing(table, "include", name.span(), what, hint.to_owned());
+            }
+            Some(v) => {
+                f.include = self.path_globs(v, "include");
+                if f.include.is_empty()
+                    && self.diagnostics.iter().filter(|d| d.is_error()).count() == errors_before
+                {
+                    self.error_coded(
+                        codes::INVALID_VALUE,
+                        v.span(),
+                        "`include` must name at least one path pattern",
+                        Some("for example `include = [\"/var/log/app/*.ndjson\"]`".to_owned()),
+                    );
+                }
+            }
+        }
+        if let Some(v) = get(table, "exclude") {
+            f.exclude = self.path_globs(v, "exclude");
+        }
+        if let Some(i) =
+            get(table, "read_from").and_then(|v| self.choice(v, "read_from", READ_FROM))
+        {
+            f.read_from = [ReadFrom::Beginning, ReadFrom::End][i];
+        }
+        if let Some(d) = get(table, "poll_interval").and_then(|v| self.duration(v, "poll_interval"))
+        {
+            f.poll_interval = d;
+        }
+        if let Some(size) = get(table, "line_bytes_max")
+            .and_then(|v| self.size(v, "line_bytes_max", 1, LINE_BYTES_MAX_MAX))
+        {
+            f.line_bytes_max = size;
+        }
+        if let Some(n) = get(table, "batch_events")
+            .and_then(|v| self.integer(v, "batch_events", 1..BATCH_EVENTS_MAX_MAX + 1))
+        {
+            f.batch_events = u64::try_from(n).expect("range-checked");
+        }
+        if let Some(n) = get(table, "open_files_max")
+            .and_then(|v| self.integer(v, "open_files_max", 1..OPEN_FILES_MAX_MAX + 1))
+        {
+            f.open_files_max = u64::try_from(n).expect("range-checked");
+        }
+        if let Some(dir) =
+            get(table, "checkpoint_dir").and_then(|v| self.non_empty_string(v, "checkpoint_dir"))
+        {
+            f.checkpoint_dir = PathBuf::from(dir);
+        }
+        let errors_after = self.diagnostics.iter().filter(|d| d.is_error()).count();
+        (errors_after == errors_before).then_some(SourceConfig::File(f))
+    }
+
+    /// An array of path glob patterns (`*`, `?`, `[...]`, `**`), each checked.
+    fn path_globs(&mut self, value: &Value<'_>, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (pattern, span) in self.strings(value, name, false).unwrap_or_default() {
+            if pattern.is_empty() {
+                self.error_coded(
+                    codes::INVALID_VALUE,
+                    span,
+                    format!("a pattern of `{name}` is empty"),
+                    None,
+                );
+                continue;
+            }
+            match glob::Pattern::new(&pattern) {
+                Ok(_) => out.push(pattern),
+                Err(e) => self.error_coded(
+                    codes::INVALID_VALUE,
+                    span,
+                    format!(
+                        "invalid path pattern {pattern:?}: {} (at character {})",
+                        e.msg,
+                        e.pos + 1
+                    ),
+                    Some("patterns use `*`, `?`, `[abc]` and `**` for any directories".to_owned()),
+                ),
+            }
+        }
+        out
+    }
+
+    /// `type = "stdin"`.
+    fn stdin_source(&mut self, table: &DeTable<'_>) -> Option<SourceConfig> {
+        let mut s = StdinSourceConfig {
+            line_bytes_max: ByteSize(DEFAULT_LINE_BYTES_MAX),
+            batch_events: DEFAULT_LINE_BATCH_EVENTS,
+            exit_on_eof: true,
+        };
+        let mut valid = true;
+        if let Some(v) = get(table, "line_bytes_max") {
+            match self.size(v, "line_bytes_max", 1, LINE_BYTES_MAX_MAX) {
+                Some(size) => s.line_bytes_max = size,
+                None => valid = false,
+            }
+        }
+        if let Some(v) = get(table, "batch_events") {
+            match self.integer(v, "batch_events", 1..BATCH_EVENTS_MAX_MAX + 1) {
+                Some(n) => s.batch_events = u64::try_from(n).expect("range-checked"),
+                None => valid = false,
+            }
+        }
+        if let Some(v) = get(table, "exit_on_eof") {
+            match v.get_ref() {
+                DeValue::Boolean(b) => s.exit_on_eof = *b,
+                _ => {
+                    self.wrong_type(v, "exit_on_eof", "a boolean (true or false)", None);
+                    valid = false;
+                }
+            }
+        }
+        valid.then_some(SourceConfig::Stdin(s))
+    }
+
+    /// Once every source is decoded: file sources get their default `checkpoint_dir` under
+    /// `data_dir`; two file sources sharing one checkpoint directory, or two stdin sources
+    /// (there is one standard input), are errors at the second one.
+    fn line_sources(&mut self, sources: &[(&Key<'_>, &Value<'_>)], config: &mut Config) {
+        let mut dirs: Vec<(PathBuf, String)> = Vec::new();
+        let mut stdin: Option<String> = None;
+        for (name, value) in sources {
+            let name_str: &str = name.get_ref();
+            let span_of = |key: &str| match value.get_ref() {
+                DeValue::Table(t) => get(t, key).map_or(name.span(), Spanned::span),
+                _ => name.span(),
+            };
+            match config.sources.get_mut(name_str) {
+                Some(SourceConfig::File(f)) => {
+                    if f.checkpoint_dir.as_os_str().is_empty() {
+                        f.checkpoint_dir = config.data_dir.join("sources").join(name_str);
+                    }
+                    if let Some((_, owner)) = dirs.iter().find(|(d, _)| *d == f.checkpoint_dir) {
+                        let message = format!(
+                            "checkpoint directory {} is already used by source `{owner}`",
+                            f.checkpoint_dir.display()
+                        );
+                        self.error_coded(
+                            codes::CONFLICT,
+                            span_of("checkpoint_dir"),
+                            message,
+                            Some("give each file source its own `checkpoint_dir`".to_owned()),
+                        );
+                    }
+                    dirs.push((f.checkpoint_dir.clone(), name_str.to_owned()));
+                }
+                Some(SourceConfig::Stdin(_)) => match &stdin {
+                    Some(owner) => {
+                        let message = format!(
+                            "standard input is already read by source `{owner}`: there is only one"
+                        );
+                        self.error_coded(
+                            codes::CONFLICT,
+                            span_of("type"),
+                            message,
+                            Some("keep one stdin source".to_owned()),
+                        );
+                    }
+                    None => stdin = Some(name_str.to_owned()),
+                },
+                _ => {}
+            }
+        }
     }
 
     /// Two listeners on one address cannot both start: say so now, at the second one.

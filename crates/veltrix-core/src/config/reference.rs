@@ -197,9 +197,10 @@ pub fn reference() -> Vec<SectionDoc> {
                     DefaultDoc::Required,
                     "",
                     "`\"http\"`: CloudEvents over HTTP (`POST /v1/events`); `\"generator\"`: \
-                     synthetic events at a fixed rate (demos, benchmarks, tests). Each type \
-                     takes the keys marked with its name below (http: `address`, \
-                     `body_bytes_max`, `tokens`).",
+                     synthetic events at a fixed rate (demos, benchmarks, tests); `\"file\"`: \
+                     tails NDJSON files (one structured CloudEvent per line) with checkpoints; \
+                     `\"stdin\"`: NDJSON on standard input. Each type takes the keys marked \
+                     with its name below (http: `address`, `body_bytes_max`, `tokens`).",
                 ),
                 key(
                     "address",
@@ -271,9 +272,80 @@ pub fn reference() -> Vec<SectionDoc> {
                 key(
                     "batch_events",
                     "integer",
-                    value("100"),
+                    text(format!(
+                        "100 (generator); {DEFAULT_LINE_BATCH_EVENTS} (file, stdin)"
+                    )),
                     format!("1 to {BATCH_EVENTS_MAX_MAX}"),
-                    "generator: events stored per append (one group commit each).",
+                    "generator, file, stdin: most events stored per append (one group commit \
+                     each). file and stdin also cap a batch at 4 MiB of lines.",
+                ),
+                key(
+                    "include",
+                    "array of strings (path globs)",
+                    DefaultDoc::Required,
+                    "not empty; valid patterns",
+                    "file: the files to tail: `*`, `?`, `[abc]`, `**` (any directories). \
+                     Relative patterns are relative to the working directory. Each line is one \
+                     CloudEvent in structured JSON. A file is known by its device and inode, so \
+                     a file renamed to another matching name is not read twice.",
+                ),
+                key(
+                    "exclude",
+                    "array of strings (path globs)",
+                    value("[]"),
+                    "valid patterns",
+                    "file: matching files to leave alone (e.g. `[\"*.gz\"]`).",
+                ),
+                key(
+                    "read_from",
+                    one_of(READ_FROM),
+                    value("\"beginning\""),
+                    "",
+                    "file: where to start in a file with no checkpoint that exists at startup; \
+                     `\"end\"` starts after its last complete line. Files that appear later \
+                     (new files, rotations) are always read from the beginning, and so is \
+                     every file when the checkpoint file is unreadable.",
+                ),
+                key(
+                    "poll_interval",
+                    DURATION,
+                    duration(DEFAULT_POLL_INTERVAL),
+                    "more than 0",
+                    "file: how often to look for new files, rotations and new lines when every \
+                     file is read to its end.",
+                ),
+                key(
+                    "line_bytes_max",
+                    SIZE,
+                    size(DEFAULT_LINE_BYTES_MAX),
+                    format!("1B to {}", ByteSize(LINE_BYTES_MAX_MAX)),
+                    "file, stdin: longest line kept; a longer line is skipped and counted \
+                     (`veltrix_events_rejected_total{reason=\"line-too-long\"}`).",
+                ),
+                key(
+                    "open_files_max",
+                    "integer",
+                    value(DEFAULT_OPEN_FILES_MAX.to_string()),
+                    format!("1 to {OPEN_FILES_MAX_MAX}"),
+                    "file: most files open at once; further matching files wait for a slot \
+                     (`veltrix_source_files_waiting`).",
+                ),
+                key(
+                    "checkpoint_dir",
+                    "string (path)",
+                    text("`<data_dir>/sources/NAME`"),
+                    "not empty; one per file source",
+                    "file: where the read position of every file is kept (`checkpoints.json`, \
+                     replaced atomically at most every 250 ms and at shutdown).",
+                ),
+                key(
+                    "exit_on_eof",
+                    "boolean",
+                    value("true"),
+                    "",
+                    "stdin: at the end of input, stop the engine (exit 0) once every pipeline \
+                     reading a queue the input went to has delivered (or dead-lettered) \
+                     everything read; `false` keeps the engine running.",
                 ),
             ],
         },
@@ -707,6 +779,17 @@ mod tests {
             "[sources.NAME]" if HTTP_SOURCE_KEYS.contains(&key) => {
                 format!("[sources.http]\ntype = \"http\"\n{line}\n")
             }
+            "[sources.NAME]" if key == "exit_on_eof" => {
+                format!("[sources.in]\ntype = \"stdin\"\n{line}\n")
+            }
+            "[sources.NAME]" if FILE_SOURCE_KEYS.contains(&key) => format!(
+                "[sources.f]\ntype = \"file\"\n{}\n",
+                if key == "include" {
+                    line.to_owned()
+                } else {
+                    format!("include = [\"/tmp/*.ndjson\"]\n{line}")
+                }
+            ),
             "[sources.NAME]" => format!("[sources.g]\ntype = \"generator\"\n{line}\n"),
             "[queues.NAME]" => topology(line, "", ""),
             "[pipelines.NAME]" => topology("", line, ""),

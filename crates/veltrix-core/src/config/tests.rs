@@ -776,3 +776,179 @@ fn included_test_files_add_tests_and_report_their_own_locations() {
     assert_eq!((errors[0].line, errors[0].col), (1, 12), "{}", errors[0]);
     assert!(errors[0].message.contains("none/*.toml"));
 }
+
+#[test]
+fn file_and_stdin_sources_decode_with_their_defaults() {
+    let src = format!(
+        "data_dir = \"/srv/v\"\n[sources.logs]\ntype = \"file\"\ninclude = [\"/var/log/app/*.ndjson\"]\n\
+         [sources.in]\ntype = \"stdin\"\n{BASE}"
+    );
+    let config = valid(&src).config;
+    let SourceConfig::File(f) = &config.sources["logs"] else {
+        panic!("{:?}", config.sources["logs"]);
+    };
+    assert_eq!(
+        *f,
+        FileSourceConfig {
+            include: vec!["/var/log/app/*.ndjson".to_owned()],
+            exclude: vec![],
+            read_from: ReadFrom::Beginning,
+            poll_interval: Duration::from_millis(250),
+            line_bytes_max: ByteSize(ByteSize::MIB),
+            batch_events: 500,
+            open_files_max: 1024,
+            checkpoint_dir: PathBuf::from("/srv/v/sources/logs"),
+        }
+    );
+    assert_eq!(
+        config.sources["in"],
+        SourceConfig::Stdin(StdinSourceConfig {
+            line_bytes_max: ByteSize(ByteSize::MIB),
+            batch_events: 500,
+            exit_on_eof: true,
+        })
+    );
+}
+
+#[test]
+fn file_source_settings_decode() {
+    let src = format!(
+        "[sources.logs]\ntype = \"file\"\ninclude = [\"/a/**/*.ndjson\", \"/b/x-?.log\"]\n\
+         exclude = [\"*.gz\"]\nread_from = \"end\"\npoll_interval = \"1s\"\nline_bytes_max = \"4KiB\"\n\
+         batch_events = 7\nopen_files_max = 3\ncheckpoint_dir = \"/ck\"\n\
+         [sources.in]\ntype = \"stdin\"\nexit_on_eof = false\nline_bytes_max = 100\nbatch_events = 2\n{BASE}"
+    );
+    let config = valid(&src).config;
+    let SourceConfig::File(f) = &config.sources["logs"] else {
+        panic!()
+    };
+    assert_eq!(f.include.len(), 2);
+    assert_eq!(f.exclude, ["*.gz"]);
+    assert_eq!(f.read_from, ReadFrom::End);
+    assert_eq!(f.poll_interval, Duration::from_secs(1));
+    assert_eq!(f.line_bytes_max, ByteSize(4096));
+    assert_eq!((f.batch_events, f.open_files_max), (7, 3));
+    assert_eq!(f.checkpoint_dir, PathBuf::from("/ck"));
+    let SourceConfig::Stdin(s) = &config.sources["in"] else {
+        panic!()
+    };
+    assert_eq!(
+        (s.exit_on_eof, s.line_bytes_max, s.batch_events),
+        (false, ByteSize(100), 2)
+    );
+}
+
+#[test]
+fn a_file_source_needs_include() {
+    let src = format!("[sources.logs]\ntype = \"file\"\n{BASE}");
+    let e = check_error(
+        &src,
+        1,
+        10,
+        "source `logs` (type \"file\") is missing `include`",
+    );
+    assert!(
+        e.hint
+            .as_deref()
+            .unwrap_or_default()
+            .contains("include = [")
+    );
+    let src = format!("[sources.logs]\ntype = \"file\"\ninclude = []\n{BASE}");
+    check_error(&src, 3, 11, "`include` must name at least one path pattern");
+}
+
+#[test]
+fn a_bad_path_pattern_is_reported_at_the_pattern() {
+    let src =
+        format!("[sources.logs]\ntype = \"file\"\ninclude = [\"/ok/*\", \"/bad/[a\"]\n{BASE}");
+    let e = check_error(&src, 3, 21, "invalid path pattern \"/bad/[a\"");
+    assert!(e.message.contains("at character"), "{}", e.message);
+    let src =
+        format!("[sources.logs]\ntype = \"file\"\ninclude = [\"/ok/*\"]\nexclude = [\"\"]\n{BASE}");
+    check_error(&src, 4, 12, "a pattern of `exclude` is empty");
+}
+
+#[test]
+fn file_source_keys_are_checked_per_type() {
+    let src = format!(
+        "[sources.logs]\ntype = \"file\"\ninclude = [\"/l/*\"]\nread_form = \"end\"\n{BASE}"
+    );
+    let e = check_error(
+        &src,
+        4,
+        1,
+        "unknown key `read_form` in source `logs` (type \"file\")",
+    );
+    assert!(e.hint.as_deref().unwrap_or_default().contains("read_from"));
+    // A key of another source type.
+    let src = format!(
+        "[sources.logs]\ntype = \"file\"\ninclude = [\"/l/*\"]\nexit_on_eof = true\n{BASE}"
+    );
+    check_error(&src, 4, 1, "unknown key `exit_on_eof`");
+    let src = format!(
+        "[sources.logs]\ntype = \"file\"\ninclude = [\"/l/*\"]\nread_from = \"start\"\n{BASE}"
+    );
+    check_error(&src, 4, 13, "unknown read_from \"start\"");
+    let src = format!(
+        "[sources.logs]\ntype = \"file\"\ninclude = [\"/l/*\"]\nline_bytes_max = \"9MiB\"\n{BASE}"
+    );
+    check_error(&src, 4, 18, "`line_bytes_max` must be between 1B and 8MiB");
+    let src = format!(
+        "[sources.logs]\ntype = \"file\"\ninclude = [\"/l/*\"]\npoll_interval = 250\n{BASE}"
+    );
+    check_error(&src, 4, 17, "`poll_interval` must be a duration");
+}
+
+#[test]
+fn stdin_can_be_read_by_one_source_only() {
+    let src = format!("[sources.a]\ntype = \"stdin\"\n[sources.b]\ntype = \"stdin\"\n{BASE}");
+    let e = check_error(&src, 4, 8, "standard input is already read by source `a`");
+    assert_eq!(e.code, Some(codes::CONFLICT));
+    let src = format!("[sources.a]\ntype = \"stdin\"\nexit_on_eof = \"yes\"\n{BASE}");
+    check_error(&src, 3, 15, "`exit_on_eof` must be a boolean");
+}
+
+#[test]
+fn two_file_sources_cannot_share_a_checkpoint_directory() {
+    let src = format!(
+        "data_dir = \"/d\"\n[sources.a]\ntype = \"file\"\ninclude = [\"/x/*\"]\n\
+         [sources.b]\ntype = \"file\"\ninclude = [\"/y/*\"]\ncheckpoint_dir = \"/d/sources/a\"\n{BASE}"
+    );
+    let e = check_error(
+        &src,
+        8,
+        18,
+        "checkpoint directory /d/sources/a is already used by source `a`",
+    );
+    assert_eq!(e.code, Some(codes::CONFLICT));
+}
+
+#[test]
+fn a_file_sink_writing_into_a_file_source_is_an_error_at_its_path() {
+    let src = r#"
+[sources.logs]
+type = "file"
+include = ["/var/log/*.ndjson"]
+[queues.default]
+types = ["*"]
+[pipelines.main]
+from = ["default"]
+sink = "out"
+[sinks.out]
+type = "file"
+path = "/var/log/events.ndjson"
+"#;
+    let e = check_error(
+        src,
+        12,
+        8,
+        "sink `out` writes /var/log/events.ndjson, which file source `logs` reads",
+    );
+    assert_eq!(e.code, Some(codes::CONFLICT));
+    // Excluded: fine.
+    let fixed = src.replace(
+        "include = [\"/var/log/*.ndjson\"]",
+        "include = [\"/var/log/*.ndjson\"]\nexclude = [\"/var/log/events.ndjson\"]",
+    );
+    valid(&fixed);
+}

@@ -4,10 +4,19 @@
 //! durable as their queue promises). A full backpressure queue pauses the source: it waits and
 //! retries the same events instead of dropping them (`veltrix_source_pauses_total` counts the waits).
 //!
+//! Line sources (`file`, `stdin`) read NDJSON: `lines.rs` splits, `ndjson.rs` decodes a batch
+//! and skips bad lines (counted), `file.rs` tails files with `checkpoint.rs`, `stdin.rs` reads
+//! standard input and may ask the engine to stop at its end ([`SourceContext::request_exit`]).
+//!
 //! Shutdown: sources stop before pipelines. A source stops at its next await point; a store in
 //! progress completes (or is refused) first, so nothing acknowledged upstream is lost.
 
+mod checkpoint;
+mod file;
 mod generator;
+mod lines;
+mod ndjson;
+mod stdin;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,6 +44,8 @@ pub(crate) struct SourceContext {
     paused: metrics::Counter,
     /// Becomes `true` when the engine stops.
     pub(crate) stop: watch::Receiver<bool>,
+    /// Asks the engine to stop, with the reason (see [`SourceContext::request_exit`]).
+    exit: Option<Arc<watch::Sender<Option<String>>>>,
 }
 
 impl SourceContext {
@@ -51,6 +62,27 @@ impl SourceContext {
             received: metrics::counter!("veltrix_events_received_total", "source" => name.to_owned()),
             paused: metrics::counter!("veltrix_source_pauses_total", "source" => name.to_owned()),
             stop,
+            exit: None,
+        }
+    }
+
+    /// Lets the source ask the engine to stop through `exit` (read by `Engine::exit_requested`).
+    pub(crate) fn with_exit(mut self, exit: Arc<watch::Sender<Option<String>>>) -> SourceContext {
+        self.exit = Some(exit);
+        self
+    }
+
+    /// Asks the engine to shut down gracefully, as a signal would (a stdin source at the end of
+    /// its input). The first reason given wins.
+    pub(crate) fn request_exit(&self, reason: String) {
+        if let Some(exit) = &self.exit {
+            exit.send_if_modified(|current| {
+                let first = current.is_none();
+                if first {
+                    *current = Some(reason);
+                }
+                first
+            });
         }
     }
 
@@ -64,6 +96,24 @@ impl SourceContext {
     /// [`StoreError::Closed`] when the engine stops while waiting; the events were not stored
     /// (for `Failed`, an earlier queue may hold its share: redelivery deduplicates by id).
     pub(crate) async fn store(&mut self, events: &[Event]) -> Result<Accepted, StoreError> {
+        let result = self.store_waiting(events).await;
+        if let Err(e) = &result {
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            let reason = match e {
+                StoreError::Unroutable(_) => "unroutable-events",
+                StoreError::TooLarge { .. } => "event-too-large",
+                StoreError::Full { .. } | StoreError::Closed => "unavailable",
+                StoreError::Failed { .. } => "storage-failed",
+            };
+            metrics::counter!("veltrix_events_rejected_total", "source" => self.name.clone(), "reason" => reason)
+                .increment(events.len() as u64);
+        }
+        result
+    }
+
+    /// [`SourceContext::store`] without counting a refusal as rejected events: for sources that
+    /// split or retry a refused batch and count what they finally reject themselves.
+    pub(crate) async fn store_waiting(&mut self, events: &[Event]) -> Result<Accepted, StoreError> {
         let mut pause = PAUSE_INITIAL;
         loop {
             match ingest::store(&self.live, events).await {
@@ -82,21 +132,35 @@ impl SourceContext {
                     }
                     pause = (pause * 2).min(PAUSE_MAX);
                 }
-                Err(e) => {
-                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                    let reason = match &e {
-                        StoreError::Unroutable(_) => "unroutable-events",
-                        StoreError::TooLarge { .. } => "event-too-large",
-                        StoreError::Full { .. } | StoreError::Closed => "unavailable",
-                        StoreError::Failed { .. } => "storage-failed",
-                    };
-                    metrics::counter!("veltrix_events_rejected_total", "source" => self.name.clone(), "reason" => reason)
-                        .increment(events.len() as u64);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
     }
+}
+
+/// Help text of the line sources' own metrics (called with the engine's other descriptions).
+pub(crate) fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(
+        "veltrix_source_files_open",
+        Unit::Count,
+        "Files a file source has open (tailing, or finishing after a rotation)."
+    );
+    describe_gauge!(
+        "veltrix_source_files_waiting",
+        Unit::Count,
+        "Matching files a file source does not read yet: more than open_files_max match."
+    );
+    describe_gauge!(
+        "veltrix_source_lag_bytes",
+        Unit::Bytes,
+        "Bytes of a file source's open files not yet stored (file sizes minus read positions)."
+    );
+    describe_counter!(
+        "veltrix_source_file_rotations_total",
+        Unit::Count,
+        "Rotations a file source followed, by kind: rename (a new file took the path) or truncate (copytruncate: read again from the start)."
+    );
 }
 
 /// A started pull source.
@@ -112,6 +176,8 @@ impl RunningSource {
         let task = match config {
             SourceConfig::Http(_) => return None,
             SourceConfig::Generator(g) => tokio::spawn(generator::run(g.clone(), ctx)),
+            SourceConfig::File(f) => file::start(f.clone(), ctx),
+            SourceConfig::Stdin(s) => stdin::start(s.clone(), ctx),
         };
         Some(RunningSource { name, task })
     }
