@@ -216,6 +216,7 @@ fn describe_source(source: &SourceConfig) -> String {
     match source {
         SourceConfig::Http(http) => http.address.to_string(),
         SourceConfig::Generator(g) => format!("generator {}/s", g.rate),
+        SourceConfig::Nats(n) => crate::sources::describe_nats(n),
     }
 }
 

@@ -245,6 +245,7 @@ pub fn retry_hold(pipeline: &PipelineConfig, sink: Option<&SinkConfig>) -> Durat
     let retry = &pipeline.retry;
     let attempt = match sink {
         Some(SinkConfig::Http { timeout, .. }) => *timeout,
+        Some(SinkConfig::Nats(nats)) => nats.timeout,
         _ => Duration::ZERO,
     };
     retry
@@ -380,6 +381,8 @@ fn retries_above_starvation(config: &Config, at: &Locations, out: &mut Vec<Diagn
                 match config.sinks.get(&pipeline.sink) {
                     Some(SinkConfig::Http { timeout, .. }) =>
                         format!(", plus a {} timeout per attempt", format_duration(*timeout)),
+                    Some(SinkConfig::Nats(nats)) =>
+                        format!(", plus a {} timeout per attempt", format_duration(nats.timeout)),
                     _ => String::new(),
                 },
                 format_duration(pipeline.starvation_max)
@@ -405,6 +408,7 @@ fn memory_queues_feeding_delivery(config: &Config, at: &Locations, out: &mut Vec
             .filter_map(|(p, pipeline)| match config.sinks.get(&pipeline.sink)? {
                 SinkConfig::File { .. } => Some(format!("`{p}` (file sink `{}`)", pipeline.sink)),
                 SinkConfig::Http { .. } => Some(format!("`{p}` (http sink `{}`)", pipeline.sink)),
+                SinkConfig::Nats(_) => Some(format!("`{p}` (nats sink `{}`)", pipeline.sink)),
                 SinkConfig::Custom(c) => {
                     Some(format!("`{p}` ({} sink `{}`)", c.type_name, pipeline.sink))
                 }

@@ -8,6 +8,9 @@
 //! progress completes (or is refused) first, so nothing acknowledged upstream is lost.
 
 mod generator;
+mod nats;
+
+pub(crate) use nats::describe as describe_nats;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -64,6 +67,25 @@ impl SourceContext {
     /// [`StoreError::Closed`] when the engine stops while waiting; the events were not stored
     /// (for `Failed`, an earlier queue may hold its share: redelivery deduplicates by id).
     pub(crate) async fn store(&mut self, events: &[Event]) -> Result<Accepted, StoreError> {
+        let result = self.store_waiting(events).await;
+        if let Err(e) = &result {
+            let reason = match e {
+                StoreError::Unroutable(_) => "unroutable-events",
+                StoreError::TooLarge { .. } => "event-too-large",
+                StoreError::Full { .. } | StoreError::Closed => "unavailable",
+                StoreError::Failed { .. } => "storage-failed",
+            };
+            self.reject(reason, events.len() as u64);
+        }
+        result
+    }
+
+    /// [`SourceContext::store`] without counting a refusal: for sources that sort out which of
+    /// the events were at fault and count those ([`SourceContext::reject`]).
+    pub(crate) async fn store_waiting(
+        &mut self,
+        events: &[Event],
+    ) -> Result<Accepted, StoreError> {
         let mut pause = PAUSE_INITIAL;
         loop {
             match ingest::store(&self.live, events).await {
@@ -82,20 +104,22 @@ impl SourceContext {
                     }
                     pause = (pause * 2).min(PAUSE_MAX);
                 }
-                Err(e) => {
-                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                    let reason = match &e {
-                        StoreError::Unroutable(_) => "unroutable-events",
-                        StoreError::TooLarge { .. } => "event-too-large",
-                        StoreError::Full { .. } | StoreError::Closed => "unavailable",
-                        StoreError::Failed { .. } => "storage-failed",
-                    };
-                    metrics::counter!("veltrix_events_rejected_total", "source" => self.name.clone(), "reason" => reason)
-                        .increment(events.len() as u64);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Counts `events` refused for `reason` (`veltrix_events_rejected_total` and the stats).
+    pub(crate) fn reject(&self, reason: &'static str, events: u64) {
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("veltrix_events_rejected_total", "source" => self.name.clone(), "reason" => reason)
+            .increment(events);
+    }
+
+    /// Whether some queue takes events of type `ty` (as routing stands now; a reload may change
+    /// it before the next store).
+    pub(crate) fn routes(&self, ty: &str) -> bool {
+        self.live.routing().router.route(ty).is_some()
     }
 }
 
@@ -112,6 +136,7 @@ impl RunningSource {
         let task = match config {
             SourceConfig::Http(_) => return None,
             SourceConfig::Generator(g) => tokio::spawn(generator::run(g.clone(), ctx)),
+            SourceConfig::Nats(n) => tokio::spawn(nats::run(n.clone(), ctx)),
         };
         Some(RunningSource { name, task })
     }
