@@ -114,7 +114,7 @@ fn breakdown(config: &veltrix_core::config::Config, body: &[u8]) {
                     ProcessorConfig::Remap(m) if kept => {
                         counted(&mut steps[2], || m.run(&mut runtime, &mut value).unwrap());
                     }
-                    ProcessorConfig::Remap(_) => {}
+                    ProcessorConfig::Remap(_) | ProcessorConfig::Custom(_) => {} // the bench config has no custom processors
                 }
             }
             if kept {

@@ -93,6 +93,8 @@ pub enum EngineError {
 pub struct Topology {
     /// HTTP sources: name and bound address.
     pub ingest: Vec<(String, SocketAddr)>,
+    /// Pull sources (NATS, generator): name and description.
+    pub pull_sources: Vec<(String, String)>,
     /// The admin API's bound address.
     pub api: SocketAddr,
     pub data_dir: PathBuf,
@@ -314,6 +316,12 @@ impl Engine {
         }
         let topology = Topology {
             ingest: ingest_addrs,
+            pull_sources: config
+                .sources
+                .iter()
+                .filter(|(_, s)| !matches!(s, SourceConfig::Http(_)))
+                .map(|(name, s)| (name.clone(), describe_source(s)))
+                .collect(),
             api: config.api.address,
             data_dir: config.data_dir.clone(),
             queues: config

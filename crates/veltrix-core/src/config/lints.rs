@@ -81,7 +81,7 @@ pub mod codes {
     pub const QUEUE_ABOVE_FREE_DISK: &str = "V040";
     /// All queues' `max_bytes` together are above the free disk of `data_dir`.
     pub const QUEUES_ABOVE_FREE_DISK: &str = "V041";
-    /// `--check-connections`: an http sink's host:port does not accept a TCP connection.
+    /// `--check-connections`: an http or nats sink's host:port does not accept a TCP connection.
     pub const SINK_UNREACHABLE: &str = "V042";
     /// `--check-data`: a queue's log on disk is damaged.
     pub const DATA_DAMAGED: &str = "V043";
@@ -91,6 +91,8 @@ pub mod codes {
     pub const DEAD_LETTERS_WAITING: &str = "V045";
     /// `--check-data`: a queue directory on disk belongs to no configured queue.
     pub const DATA_ORPHANED: &str = "V046";
+    /// `--check-connections`: no server of a nats source accepts a TCP connection.
+    pub const SOURCE_UNREACHABLE: &str = "V047";
 }
 
 /// Separates the parts of a key path in [`Locations`] (cannot occur in a bare TOML key, and a

@@ -72,7 +72,8 @@ pub(super) const NATS_SOURCE_KEYS: &[&str] = &[
     "batch_events",
     "ack_wait",
 ];
-pub(super) const NATS_SINK_KEYS: &[&str] = &["type", "url", "subject", "jetstream", "msg_id", "timeout"];
+pub(super) const NATS_SINK_KEYS: &[&str] =
+    &["type", "url", "subject", "jetstream", "msg_id", "timeout"];
 pub(super) const NATS_MODES: &[&str] = &["jetstream", "core"];
 /// The keys that only mean something to a JetStream consumer.
 const JETSTREAM_ONLY_KEYS: &[&str] = &["stream", "consumer", "create_stream", "ack_wait"];
@@ -135,11 +136,16 @@ pub fn nats_subject_problem(subject: &str, wildcards: bool) -> Option<String> {
     let tokens: Vec<&str> = subject.split('.').collect();
     for (i, token) in tokens.iter().enumerate() {
         if token.is_empty() {
-            return Some("a subject must not have an empty token (`..`, or a leading or trailing `.`)".to_owned());
+            return Some(
+                "a subject must not have an empty token (`..`, or a leading or trailing `.`)"
+                    .to_owned(),
+            );
         }
         let wildcard = *token == "*" || *token == ">";
         if !wildcard && token.contains(['*', '>']) {
-            return Some(format!("`{token}`: `*` and `>` are wildcards and must be whole tokens"));
+            return Some(format!(
+                "`{token}`: `*` and `>` are wildcards and must be whole tokens"
+            ));
         }
         if wildcard && !wildcards {
             return Some("a subject published to cannot hold the wildcards `*` or `>`".to_owned());
@@ -231,7 +237,9 @@ impl Decoder<'_> {
                             "`{key}` is for JetStream, but {what} has `mode = \"core\"` (a plain \
                              subscription to `subjects`)"
                         ),
-                        Some("remove it, or remove `mode = \"core\"` to consume a stream".to_owned()),
+                        Some(
+                            "remove it, or remove `mode = \"core\"` to consume a stream".to_owned(),
+                        ),
                     );
                     valid = false;
                 }
@@ -339,7 +347,8 @@ impl Decoder<'_> {
                 }
             }),
             None => {
-                let hint = "add the subject to publish to, e.g. `subject = \"processed.{{ .type }}\"`";
+                let hint =
+                    "add the subject to publish to, e.g. `subject = \"processed.{{ .type }}\"`";
                 self.missing(table, "subject", name.span(), what, hint.to_owned());
                 None
             }
@@ -443,12 +452,20 @@ impl Decoder<'_> {
                 unknown_field,
             }) => {
                 let span = self.span_within_string(value.span(), &text, range);
-                let fields: Vec<String> = Field::NAMES.iter().map(|(n, _)| format!("`.{n}`")).collect();
+                let fields: Vec<String> = Field::NAMES
+                    .iter()
+                    .map(|(n, _)| format!("`.{n}`"))
+                    .collect();
                 let hint = unknown_field
                     .and_then(|f| did_you_mean(&f, Field::NAMES.iter().map(|(n, _)| *n)))
                     .map(|h| h.replacen('`', "`.", 1))
                     .map_or_else(
-                        || format!("template fields are {}, written `{{{{ .type }}}}`", fields.join(", ")),
+                        || {
+                            format!(
+                                "template fields are {}, written `{{{{ .type }}}}`",
+                                fields.join(", ")
+                            )
+                        },
                         |h| format!("{h} (fields: {})", fields.join(", ")),
                     );
                 self.error_coded(
@@ -470,7 +487,12 @@ impl Decoder<'_> {
         text: &str,
         range: Range<usize>,
     ) -> Range<usize> {
-        let written = self.source.expanded.text.get(span.clone()).unwrap_or_default();
+        let written = self
+            .source
+            .expanded
+            .text
+            .get(span.clone())
+            .unwrap_or_default();
         let verbatim = written.len() == text.len() + 2
             && written.get(1..written.len() - 1) == Some(text)
             && (written.starts_with('"') || written.starts_with('\''));
@@ -496,9 +518,21 @@ mod tests {
                 ("::1".to_owned(), 5222),
             ])
         );
-        assert!(nats_servers("tls://x:4222").unwrap_err().contains("not a nats:// URL"));
-        assert!(nats_servers("nats://:4222").unwrap_err().contains("no host"));
-        assert!(nats_servers("nats://h:0").unwrap_err().contains("invalid port"));
+        assert!(
+            nats_servers("tls://x:4222")
+                .unwrap_err()
+                .contains("not a nats:// URL")
+        );
+        assert!(
+            nats_servers("nats://:4222")
+                .unwrap_err()
+                .contains("no host")
+        );
+        assert!(
+            nats_servers("nats://h:0")
+                .unwrap_err()
+                .contains("invalid port")
+        );
         assert!(nats_servers("nats://h,").unwrap_err().contains("\"\""));
     }
 
@@ -520,7 +554,11 @@ mod tests {
             let problem = nats_subject_problem(bad, true).unwrap_or_default();
             assert!(problem.contains(why), "{bad:?}: {problem}");
         }
-        assert!(nats_subject_problem("a.*", false).unwrap().contains("wildcards"));
+        assert!(
+            nats_subject_problem("a.*", false)
+                .unwrap()
+                .contains("wildcards")
+        );
     }
 
     #[test]

@@ -304,7 +304,9 @@ pub fn reference() -> Vec<SectionDoc> {
                     "stream",
                     "string",
                     text("required for `jetstream`"),
-                    format!("1 to {NATS_NAME_LEN_MAX} characters, no spaces, `.`, `*`, `>`, `/`, `\\`"),
+                    format!(
+                        "1 to {NATS_NAME_LEN_MAX} characters, no spaces, `.`, `*`, `>`, `/`, `\\`"
+                    ),
                     "nats: the JetStream stream consumed.",
                 ),
                 key(

@@ -366,7 +366,8 @@ fn a_core_source_needs_subjects_and_refuses_jetstream_keys() {
     assert_eq!(nats.mode, NatsSourceMode::Core);
     assert_eq!(nats.subjects, ["orders.*.created"]);
 
-    let src = nats_source("url = \"nats://a\"\nmode = \"core\"\nsubjects = [\"x\"]\nack_wait = \"5s\"");
+    let src =
+        nats_source("url = \"nats://a\"\nmode = \"core\"\nsubjects = [\"x\"]\nack_wait = \"5s\"");
     let error = check_error(&src, 7, 1, "`ack_wait` is for JetStream");
     assert!(error.hint.unwrap().contains("remove it"));
 
@@ -377,7 +378,12 @@ fn a_core_source_needs_subjects_and_refuses_jetstream_keys() {
 #[test]
 fn a_jetstream_source_without_a_stream_points_to_core_mode() {
     let src = nats_source("url = \"nats://127.0.0.1:4222\"\nsubjects = [\"orders.>\"]");
-    let error = check_error(&src, 2, 10, "source `orders` (type \"nats\") is missing `stream`");
+    let error = check_error(
+        &src,
+        2,
+        10,
+        "source `orders` (type \"nats\") is missing `stream`",
+    );
     assert!(error.hint.unwrap().contains("mode = \"core\""));
     // Without subjects, a stream it may create would have none.
     let src = nats_source("url = \"nats://127.0.0.1:4222\"\nstream = \"S\"");
@@ -390,25 +396,44 @@ fn a_jetstream_source_without_a_stream_points_to_core_mode() {
 
 #[test]
 fn bad_nats_source_values_are_errors_at_the_value() {
-    let src = nats_source("url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"ok.>\", \"orders..x\"]");
-    check_error(&src, 6, 21, "invalid subject \"orders..x\": a subject must not have an empty token");
+    let src =
+        nats_source("url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"ok.>\", \"orders..x\"]");
+    check_error(
+        &src,
+        6,
+        21,
+        "invalid subject \"orders..x\": a subject must not have an empty token",
+    );
     let src = nats_source("url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"a.>.b\"]");
     check_error(&src, 6, 13, "`>` must be the last token");
     let src = nats_source("url = \"http://127.0.0.1:4222\"\nstream = \"S\"\nsubjects = [\"a\"]");
-    let error = check_error(&src, 4, 7, "`url`: \"http://127.0.0.1:4222\" is not a nats:// URL");
+    let error = check_error(
+        &src,
+        4,
+        7,
+        "`url`: \"http://127.0.0.1:4222\" is not a nats:// URL",
+    );
     assert!(error.hint.unwrap().contains("nats://127.0.0.1:4222"));
     let src = nats_source("url = \"nats://a:99999\"\nstream = \"S\"\nsubjects = [\"a\"]");
     check_error(&src, 4, 7, "invalid port `99999`");
     let src = nats_source("url = \"nats://a\"\nstream = \"OR.DERS\"\nsubjects = [\"a\"]");
     check_error(&src, 5, 10, "`stream` must not contain '.'");
-    let src = nats_source("url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"a\"]\nack_wait = \"10ms\"");
+    let src =
+        nats_source("url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"a\"]\nack_wait = \"10ms\"");
     check_error(&src, 7, 12, "`ack_wait` must be at least 1s");
-    let src = nats_source("url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"a\"]\nbatch_events = 20000");
+    let src =
+        nats_source("url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"a\"]\nbatch_events = 20000");
     check_error(&src, 7, 16, "`batch_events` must be between 1 and 10000");
-    let src = nats_source("url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"a\"]\ncreate_stream = \"true\"");
+    let src = nats_source(
+        "url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"a\"]\ncreate_stream = \"true\"",
+    );
     let error = check_error(&src, 7, 17, "`create_stream` must be a boolean");
-    assert_eq!(error.hint.as_deref(), Some("remove the quotes: `create_stream = true`"));
-    let src = nats_source("url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"a\"]\nmode = \"jetstraem\"");
+    assert_eq!(
+        error.hint.as_deref(),
+        Some("remove the quotes: `create_stream = true`")
+    );
+    let src =
+        nats_source("url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"a\"]\nmode = \"jetstraem\"");
     let error = check_error(&src, 7, 8, "unknown mode \"jetstraem\"");
     assert_eq!(error.hint.as_deref(), Some("did you mean `jetstream`?"));
 }
@@ -449,7 +474,12 @@ fn a_nats_sink_subject_must_be_publishable() {
     let src = nats_sink("subject = \"processed..{{ .type }}\"");
     check_error(&src, 12, 11, "empty token");
     let src = nats_sink("jetstream = true");
-    check_error(&src, 9, 8, "sink `out` (type \"nats\") is missing `subject`");
+    check_error(
+        &src,
+        9,
+        8,
+        "sink `out` (type \"nats\") is missing `subject`",
+    );
     let src = nats_sink("subject = \"a\"\njetstream = 1");
     check_error(&src, 13, 13, "`jetstream` must be a boolean");
 }

@@ -163,7 +163,11 @@ impl Sink for NatsSink {
     }
 
     fn describe(&self) -> String {
-        format!("nats {} ({})", self.config.subject.as_str(), self.config.url)
+        format!(
+            "nats {} ({})",
+            self.config.subject.as_str(),
+            self.config.url
+        )
     }
 }
 
@@ -275,7 +279,10 @@ mod tests {
     #[test]
     fn subjects_are_rendered_from_the_event() {
         let e = r#"{"specversion":"1.0","id":"e-1","source":"/shop","type":"order.created","data":{"x":1}}"#;
-        assert_eq!(render("processed.{{ .type }}", e), "processed.order.created");
+        assert_eq!(
+            render("processed.{{ .type }}", e),
+            "processed.order.created"
+        );
         assert_eq!(render("out.fixed", e), "out.fixed");
         assert_eq!(render("{{ .source }}.{{ .id }}", e), "/shop.e-1");
     }
@@ -291,7 +298,11 @@ mod tests {
         assert_eq!(render("s.{{ .subject }}.end", e), "s._.end");
         assert_eq!(render("{{ .subject }}", e), "_");
         for s in [render("t.{{ .type }}", e), render("{{ .subject }}", e)] {
-            assert_eq!(veltrix_core::config::nats_subject_problem(&s, false), None, "{s}");
+            assert_eq!(
+                veltrix_core::config::nats_subject_problem(&s, false),
+                None,
+                "{s}"
+            );
         }
     }
 
@@ -320,7 +331,9 @@ mod tests {
     fn an_overlong_subject_fails_the_batch_for_good() {
         let id = "x".repeat(SUBJECT_BYTES_MAX);
         let line = format!(r#"{{"id":"{id}","source":"/s","type":"t"}}"#);
-        let e = messages(&config("p.{{ .id }}", true), &batch(&[&line])).err().unwrap();
+        let e = messages(&config("p.{{ .id }}", true), &batch(&[&line]))
+            .err()
+            .unwrap();
         assert_eq!(e.retry, crate::handler::Retry::Permanent);
         assert!(e.message.contains("1024-byte limit"), "{}", e.message);
     }

@@ -82,10 +82,7 @@ impl SourceContext {
 
     /// [`SourceContext::store`] without counting a refusal: for sources that sort out which of
     /// the events were at fault and count those ([`SourceContext::reject`]).
-    pub(crate) async fn store_waiting(
-        &mut self,
-        events: &[Event],
-    ) -> Result<Accepted, StoreError> {
+    pub(crate) async fn store_waiting(&mut self, events: &[Event]) -> Result<Accepted, StoreError> {
         let mut pause = PAUSE_INITIAL;
         loop {
             match ingest::store(&self.live, events).await {

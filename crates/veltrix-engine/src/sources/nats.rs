@@ -110,8 +110,12 @@ pub(crate) async fn run(config: NatsSourceConfig, mut ctx: SourceContext) {
     // Acks are sent asynchronously: push the last ones out before the connection closes.
     match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(source = %source.ctx.name, error = %e, "flushing the last NATS acks failed; those messages will be redelivered"),
-        Err(_) => tracing::warn!(source = %source.ctx.name, "flushing the last NATS acks timed out; those messages will be redelivered"),
+        Ok(Err(e)) => {
+            tracing::warn!(source = %source.ctx.name, error = %e, "flushing the last NATS acks failed; those messages will be redelivered")
+        }
+        Err(_) => {
+            tracing::warn!(source = %source.ctx.name, "flushing the last NATS acks timed out; those messages will be redelivered")
+        }
     }
     owner.connected.set(0.0);
 }
@@ -291,7 +295,8 @@ impl Source {
     /// (counted and logged here).
     fn decode(&mut self, message: &async_nats::Message) -> Result<Vec<Event>, &'static str> {
         let headers = MessageHeaders(message.headers.as_ref());
-        let content_type = header(message.headers.as_ref(), "content-type").unwrap_or("application/json");
+        let content_type =
+            header(message.headers.as_ref(), "content-type").unwrap_or("application/json");
         let (reason, detail) = match event::decode_body(content_type, &headers, &message.payload) {
             Ok(events) => match events.iter().find(|e| !self.ctx.routes(e.ty())) {
                 None => return Ok(events),
@@ -519,7 +524,12 @@ async fn setup(
             let consumer = stream
                 .get_consumer::<pull::Config>(&js.consumer)
                 .await
-                .map_err(|e| format!("cannot create consumer `{}` ({update}), nor get it: {e}", js.consumer))?;
+                .map_err(|e| {
+                    format!(
+                        "cannot create consumer `{}` ({update}), nor get it: {e}",
+                        js.consumer
+                    )
+                })?;
             let have = &consumer.cached_info().config;
             tracing::warn!(
                 source,
@@ -576,6 +586,9 @@ mod tests {
         let mut seen = Vec::new();
         MessageHeaders(Some(&map)).for_each_header(&mut |n, v| seen.push(format!("{n}={v}")));
         seen.sort();
-        assert_eq!(seen, ["Content-Type=application/cloudevents+json", "ce-id=1"]);
+        assert_eq!(
+            seen,
+            ["Content-Type=application/cloudevents+json", "ce-id=1"]
+        );
     }
 }

@@ -12,10 +12,22 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod nats;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_veltrix");
 /// Longest we wait for the engine to come up or for events to arrive before failing the test
 /// (a failure guard, not a timing assertion).
 pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A service a test needs (NATS, PostgreSQL, ...) is not available: prints a loud
+/// `SKIPPED: why` so the caller can return; with `VELTRIX_REQUIRE_SERVICES=1` (CI) the test fails
+/// instead, so a missing service cannot pass silently.
+pub fn skip_unless_required(why: &str) {
+    if std::env::var("VELTRIX_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("{why} (VELTRIX_REQUIRE_SERVICES=1: the service is required)");
+    }
+    eprintln!("SKIPPED: {why}");
+}
 
 /// A running `veltrix run` process.
 pub struct Engine {
