@@ -430,6 +430,10 @@ impl Running {
                 let (kind, target) = match s {
                     SinkConfig::File { path } => ("file".to_owned(), path.display().to_string()),
                     SinkConfig::Http { url, .. } => ("http".to_owned(), url.clone()),
+                    SinkConfig::Nats(n) => (
+                        "nats".to_owned(),
+                        format!("{} {}", n.url, n.subject.as_str()),
+                    ),
                     SinkConfig::Stdout => ("stdout".to_owned(), "<stdout>".to_owned()),
                     SinkConfig::Blackhole => ("blackhole".to_owned(), String::new()),
                     SinkConfig::Custom(c) => (c.type_name.clone(), running.sink.describe()),

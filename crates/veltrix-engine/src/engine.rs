@@ -93,6 +93,8 @@ pub enum EngineError {
 pub struct Topology {
     /// HTTP sources: name and bound address.
     pub ingest: Vec<(String, SocketAddr)>,
+    /// Pull sources (NATS, generator): name and description.
+    pub pull_sources: Vec<(String, String)>,
     /// The admin API's bound address.
     pub api: SocketAddr,
     pub data_dir: PathBuf,
@@ -220,6 +222,7 @@ fn describe_source(source: &SourceConfig) -> String {
         SourceConfig::Generator(g) => format!("generator {}/s", g.rate),
         SourceConfig::File(f) => format!("file {}", f.include.join(", ")),
         SourceConfig::Stdin(_) => "stdin".to_owned(),
+        SourceConfig::Nats(n) => crate::sources::describe_nats(n),
     }
 }
 
@@ -320,6 +323,12 @@ impl Engine {
         }
         let topology = Topology {
             ingest: ingest_addrs,
+            pull_sources: config
+                .sources
+                .iter()
+                .filter(|(_, s)| !matches!(s, SourceConfig::Http(_)))
+                .map(|(name, s)| (name.clone(), describe_source(s)))
+                .collect(),
             api: config.api.address,
             data_dir: config.data_dir.clone(),
             queues: config

@@ -22,6 +22,7 @@ mod engine;
 pub mod handler;
 mod ingest;
 mod live;
+mod nats_client;
 mod pipeline;
 mod problem;
 mod processors;

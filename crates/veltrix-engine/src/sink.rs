@@ -19,6 +19,8 @@ use veltrix_core::config::SinkConfig;
 
 use crate::handler::{Batch, Plugins, Retry, Sink, SinkError};
 
+mod nats;
+
 /// Batches that may wait for the file sink's writer thread.
 const FILE_SINK_QUEUE_MAX: usize = 64;
 /// Idle keep-alive connections an http sink keeps.
@@ -33,6 +35,7 @@ pub(crate) fn start(
     Ok(match config {
         SinkConfig::File { path } => Arc::new(FileSink::start(name, path)?),
         SinkConfig::Http { url, timeout } => Arc::new(HttpSink::new(url, *timeout)?),
+        SinkConfig::Nats(nats) => Arc::new(nats::NatsSink::new(name, nats)),
         SinkConfig::Stdout => Arc::new(StdoutSink),
         SinkConfig::Blackhole => Arc::new(BlackholeSink),
         SinkConfig::Custom(custom) => plugins

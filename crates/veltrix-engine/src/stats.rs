@@ -486,7 +486,7 @@ pub(crate) fn describe_metrics() {
     describe_counter!(
         "veltrix_events_rejected_total",
         Unit::Count,
-        "Ingest requests refused, by source and reason (problem type); for file and stdin sources, lines skipped, by reason."
+        "Ingest requests (HTTP) or messages (NATS) refused, by source and reason (problem type); for file and stdin sources, lines skipped, by reason."
     );
     describe_counter!(
         "veltrix_events_dropped_total",
@@ -597,6 +597,26 @@ pub(crate) fn describe_metrics() {
         "veltrix_sink_in_flight_requests",
         Unit::Count,
         "Sink writes in progress."
+    );
+    describe_gauge!(
+        "veltrix_source_connected",
+        Unit::Count,
+        "1 while a pull source's upstream connection (NATS) is up, 0 while it is down or being retried."
+    );
+    describe_counter!(
+        "veltrix_source_redeliveries_total",
+        Unit::Count,
+        "Messages the upstream (NATS JetStream) delivered more than once, by source."
+    );
+    describe_gauge!(
+        "veltrix_sink_connected",
+        Unit::Count,
+        "1 while a sink's connection (NATS) is up, 0 before its first write or while it is down."
+    );
+    describe_counter!(
+        "veltrix_sink_duplicates_total",
+        Unit::Count,
+        "Messages the destination recognised as duplicates of ones it already stored (NATS JetStream Nats-Msg-Id), by sink."
     );
     describe_gauge!(
         "process_resident_memory_bytes",

@@ -85,7 +85,8 @@ enum Command {
         /// `text` (diagnostics on stderr) or `json` (one document on stdout).
         #[arg(long, value_enum, default_value = "text")]
         format: crate::validate::Format,
-        /// Also try a TCP connection to every http sink (unreachable: warning V042).
+        /// Also try a TCP connection to every http and nats sink (unreachable: warning V042) and
+        /// every nats source (V047).
         #[arg(long)]
         check_connections: bool,
         /// Also check the integrity of the queues' logs in `data_dir`, read-only (damage: error

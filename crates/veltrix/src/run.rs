@@ -102,6 +102,9 @@ fn print_banner(engine: &Engine, config_path: Option<&Path>, took: Duration) {
     for (name, address) in &t.ingest {
         say!("  ingest    http://{address}/v1/events  (source `{name}`: POST CloudEvents)");
     }
+    for (name, description) in &t.pull_sources {
+        say!("  source    {name}: {description}");
+    }
     say!(
         "  admin     http://{}  (dashboard at /, /healthz, /readyz, /metrics, /api/v1/stats)",
         t.api

@@ -1,6 +1,6 @@
 //! `veltrix validate FILE…`: everything `config::load` finds (schema, references, topology lints),
-//! then what only the machine can tell: the free disk of `data_dir` (always), whether http sinks
-//! accept a TCP connection (`--check-connections`) and the integrity of the queues' logs already
+//! then what only the machine can tell: the free disk of `data_dir` (always), whether http and
+//! nats sinks and nats sources accept a TCP connection (`--check-connections`) and the integrity of the queues' logs already
 //! in `data_dir` (`--check-data`, read-only, through the same reader as `veltrix queue inspect`).
 //!
 //! Every finding carries a stable code (`veltrix_core::config::lints::codes`, documented in
@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use veltrix_core::config::lints::{self, FreeDisk, Locations, codes};
-use veltrix_core::config::{Config, Diagnostic, Durability, Loaded, Severity, SinkConfig};
+use veltrix_core::config::{
+    Config, Diagnostic, Durability, Loaded, Severity, SinkConfig, SourceConfig,
+};
 
 use crate::cli::exit;
 use crate::queue::{queue_names, read_queue_dir};
@@ -33,7 +35,7 @@ pub(crate) enum Format {
 pub(crate) struct ValidateArgs<'a> {
     pub(crate) files: &'a [PathBuf],
     pub(crate) format: Format,
-    /// Try a TCP connection to every http sink.
+    /// Try a TCP connection to every http and nats sink and every nats source.
     pub(crate) check_connections: bool,
     /// Check the integrity of every queue directory in `data_dir`.
     pub(crate) check_data: bool,
@@ -193,22 +195,70 @@ fn nearest_existing(path: &Path) -> Option<PathBuf> {
     }
 }
 
-/// V042: every http sink's host and port must accept a TCP connection (tried in parallel,
-/// each within [`CONNECT_TIMEOUT`]).
+/// What `--check-connections` tries to reach.
+struct Target<'a> {
+    /// `sinks` or `sources`.
+    section: &'static str,
+    name: &'a str,
+    /// `http sink`, `nats sink`, `nats source`.
+    kind: &'static str,
+    url: &'a str,
+    timeout: Duration,
+}
+
+/// V042 / V047: every http or nats sink, and every nats source, must accept a TCP connection at
+/// its `url` (for NATS, at one of its servers at least), tried in parallel, each within
+/// [`CONNECT_TIMEOUT`].
 fn check_connections(config: &Config, at: &Locations) -> Vec<Diagnostic> {
-    let sinks: Vec<(&str, &str, Duration)> = config
+    let mut targets: Vec<Target<'_>> = config
         .sinks
         .iter()
         .filter_map(|(name, sink)| match sink {
-            SinkConfig::Http { url, timeout } => Some((name.as_str(), url.as_str(), *timeout)),
+            SinkConfig::Http { url, timeout } => Some(Target {
+                section: "sinks",
+                name,
+                kind: "http sink",
+                url,
+                timeout: *timeout,
+            }),
+            SinkConfig::Nats(nats) => Some(Target {
+                section: "sinks",
+                name,
+                kind: "nats sink",
+                url: &nats.url,
+                timeout: nats.timeout,
+            }),
             _ => None,
         })
         .collect();
-    let outcomes: Vec<Option<String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = sinks
+    targets.extend(
+        config
+            .sources
             .iter()
-            .map(|&(_, url, timeout)| {
-                scope.spawn(move || connect(url, timeout.min(CONNECT_TIMEOUT)).err())
+            .filter_map(|(name, source)| match source {
+                SourceConfig::Nats(nats) => Some(Target {
+                    section: "sources",
+                    name,
+                    kind: "nats source",
+                    url: &nats.url,
+                    timeout: CONNECT_TIMEOUT,
+                }),
+                _ => None,
+            }),
+    );
+    let outcomes: Vec<Option<String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|t| {
+                let (url, timeout) = (t.url, t.timeout.min(CONNECT_TIMEOUT));
+                let nats = t.kind.starts_with("nats");
+                scope.spawn(move || {
+                    if nats {
+                        connect_nats(url, timeout).err()
+                    } else {
+                        connect(url, timeout).err()
+                    }
+                })
             })
             .collect();
         handles
@@ -216,30 +266,59 @@ fn check_connections(config: &Config, at: &Locations) -> Vec<Diagnostic> {
             .map(|h| h.join().expect("connect thread"))
             .collect()
     });
-    sinks
+    targets
         .iter()
         .zip(outcomes)
-        .filter_map(|(&(name, url, _), failure)| {
+        .filter_map(|(t, failure)| {
             let why = failure?;
+            let (code, consequence) = if t.section == "sinks" {
+                (
+                    codes::SINK_UNREACHABLE,
+                    "until then the pipeline retries and dead-letters its batches",
+                )
+            } else {
+                (
+                    codes::SOURCE_UNREACHABLE,
+                    "the engine starts anyway and keeps retrying; nothing is consumed until it connects",
+                )
+            };
+            let singular = &t.section[..t.section.len() - 1];
             Some(at.diagnostic(
-                at.value(&["sinks", name, "url"]),
+                at.value(&[t.section, t.name, "url"]),
                 Severity::Warning,
-                codes::SINK_UNREACHABLE,
-                format!("sink `{name}` cannot be reached at {url}: {why}"),
-                Some(
-                    "start the downstream service or fix `url`; until then the pipeline retries \
-                     and dead-letters its batches"
-                        .to_owned(),
-                ),
+                code,
+                format!("{singular} `{}` cannot be reached at {}: {why}", t.name, t.url),
+                Some(format!(
+                    "start the {} service or fix `url`; {consequence}",
+                    if t.kind.starts_with("nats") { "NATS" } else { "downstream" }
+                )),
             ))
         })
         .collect()
 }
 
+/// Connects to one of the servers of a NATS `url`; the error says why none.
+fn connect_nats(url: &str, timeout: Duration) -> Result<(), String> {
+    let servers = veltrix_core::config::nats_servers(url)?;
+    let mut last = "no server".to_owned();
+    for (host, port) in servers {
+        match connect_host(&host, port, timeout) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// Connects to the host and port of an `http://` URL; the error says why not.
 fn connect(url: &str, timeout: Duration) -> Result<(), String> {
     let (host, port) = host_port(url).ok_or_else(|| "no host in the URL".to_owned())?;
-    let addresses: Vec<SocketAddr> = (host.as_str(), port)
+    connect_host(&host, port, timeout)
+}
+
+/// Connects to `host:port` (every address it resolves to, in turn).
+fn connect_host(host: &str, port: u16, timeout: Duration) -> Result<(), String> {
+    let addresses: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
         .collect();

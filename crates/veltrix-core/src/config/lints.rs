@@ -82,7 +82,7 @@ pub mod codes {
     pub const QUEUE_ABOVE_FREE_DISK: &str = "V040";
     /// All queues' `max_bytes` together are above the free disk of `data_dir`.
     pub const QUEUES_ABOVE_FREE_DISK: &str = "V041";
-    /// `--check-connections`: an http sink's host:port does not accept a TCP connection.
+    /// `--check-connections`: an http or nats sink's host:port does not accept a TCP connection.
     pub const SINK_UNREACHABLE: &str = "V042";
     /// `--check-data`: a queue's log on disk is damaged.
     pub const DATA_DAMAGED: &str = "V043";
@@ -92,6 +92,8 @@ pub mod codes {
     pub const DEAD_LETTERS_WAITING: &str = "V045";
     /// `--check-data`: a queue directory on disk belongs to no configured queue.
     pub const DATA_ORPHANED: &str = "V046";
+    /// `--check-connections`: no server of a nats source accepts a TCP connection.
+    pub const SOURCE_UNREACHABLE: &str = "V047";
 }
 
 /// Separates the parts of a key path in [`Locations`] (cannot occur in a bare TOML key, and a
@@ -246,6 +248,7 @@ pub fn retry_hold(pipeline: &PipelineConfig, sink: Option<&SinkConfig>) -> Durat
     let retry = &pipeline.retry;
     let attempt = match sink {
         Some(SinkConfig::Http { timeout, .. }) => *timeout,
+        Some(SinkConfig::Nats(nats)) => nats.timeout,
         _ => Duration::ZERO,
     };
     retry
@@ -421,6 +424,8 @@ fn retries_above_starvation(config: &Config, at: &Locations, out: &mut Vec<Diagn
                 match config.sinks.get(&pipeline.sink) {
                     Some(SinkConfig::Http { timeout, .. }) =>
                         format!(", plus a {} timeout per attempt", format_duration(*timeout)),
+                    Some(SinkConfig::Nats(nats)) =>
+                        format!(", plus a {} timeout per attempt", format_duration(nats.timeout)),
                     _ => String::new(),
                 },
                 format_duration(pipeline.starvation_max)
@@ -446,6 +451,7 @@ fn memory_queues_feeding_delivery(config: &Config, at: &Locations, out: &mut Vec
             .filter_map(|(p, pipeline)| match config.sinks.get(&pipeline.sink)? {
                 SinkConfig::File { .. } => Some(format!("`{p}` (file sink `{}`)", pipeline.sink)),
                 SinkConfig::Http { .. } => Some(format!("`{p}` (http sink `{}`)", pipeline.sink)),
+                SinkConfig::Nats(_) => Some(format!("`{p}` (nats sink `{}`)", pipeline.sink)),
                 SinkConfig::Custom(c) => {
                     Some(format!("`{p}` ({} sink `{}`)", c.type_name, pipeline.sink))
                 }

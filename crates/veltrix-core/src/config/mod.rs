@@ -24,8 +24,10 @@ mod diagnostic;
 mod include;
 mod interpolate;
 pub mod lints;
+mod nats;
 mod reference;
 mod route;
+mod template;
 mod tests_section;
 mod units;
 
@@ -39,8 +41,13 @@ use serde_spanned::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
 pub use diagnostic::{Diagnostic, Severity};
+pub use nats::{
+    JetStreamConsumer, NatsSinkConfig, NatsSourceConfig, NatsSourceMode, nats_servers,
+    nats_subject_problem,
+};
 pub use reference::{KeyDoc, SectionDoc, reference, reference_markdown};
 pub use route::{QueueIndex, Router, TypePattern};
+pub use template::{Field, Template, TemplateError};
 pub use tests_section::{ConfigTest, DeadLetterExpectation, Location};
 pub use units::ByteSize;
 
@@ -124,6 +131,8 @@ pub enum SourceConfig {
     File(FileSourceConfig),
     /// `type = "stdin"`: NDJSON on standard input.
     Stdin(StdinSourceConfig),
+    /// `type = "nats"`: a JetStream durable consumer (at-least-once) or a core subscription.
+    Nats(NatsSourceConfig),
 }
 
 /// `[sources.NAME]` with `type = "file"`.
@@ -358,6 +367,8 @@ pub enum SinkConfig {
     Blackhole,
     /// `type = "http"`: POSTs each batch as `application/cloudevents-batch+json`.
     Http { url: String, timeout: Duration },
+    /// `type = "nats"`: publishes each event to a subject (JetStream with PubAcks, or core).
+    Nats(NatsSinkConfig),
     /// A sink type registered by the embedding program ([`Extensions`]).
     Custom(CustomConfig),
 }
@@ -676,6 +687,13 @@ const SOURCE_KEYS: &[&str] = &[
     "open_files_max",
     "checkpoint_dir",
     "exit_on_eof",
+    "url",
+    "mode",
+    "stream",
+    "subjects",
+    "consumer",
+    "create_stream",
+    "ack_wait",
 ];
 const QUEUE_KEYS: &[&str] = &[
     "types",
@@ -699,13 +717,21 @@ const PIPELINE_KEYS: &[&str] = &[
 ];
 const RETRY_KEYS: &[&str] = &["attempts_max", "backoff_initial", "backoff_max"];
 /// Every sink key (each sink type takes `type` and its own subset).
-const SINK_KEYS: &[&str] = &["type", "path", "url", "timeout"];
+const SINK_KEYS: &[&str] = &[
+    "type",
+    "path",
+    "url",
+    "timeout",
+    "subject",
+    "jetstream",
+    "msg_id",
+];
 /// Every processor key (a filter takes `condition`, a remap `source`).
 const PROCESSOR_KEYS: &[&str] = &["type", "condition", "source"];
 const WHEN_FULL: &[&str] = &["backpressure", "drop_newest", "drop_oldest"];
-const SOURCE_TYPES: &[&str] = &["http", "generator", "file", "stdin"];
+const SOURCE_TYPES: &[&str] = &["http", "generator", "file", "stdin", "nats"];
 const READ_FROM: &[&str] = &["beginning", "end"];
-const SINK_TYPES: &[&str] = &["file", "stdout", "blackhole", "http"];
+const SINK_TYPES: &[&str] = &["file", "stdout", "blackhole", "http", "nats"];
 const PROCESSOR_TYPES: &[&str] = &["filter", "remap"];
 const DURABILITIES: &[&str] = &["fsync", "interval", "memory"];
 
@@ -1237,6 +1263,9 @@ impl Decoder<'_> {
             self.check_keys(table, &what, STDIN_SOURCE_KEYS);
             return self.stdin_source(table);
         }
+        if ty == "nats" {
+            return self.nats_source(name, table, &what);
+        }
         self.check_keys(table, &what, HTTP_SOURCE_KEYS);
         let mut http = HttpSourceConfig::default();
         if let Some(address) = get(table, "address").and_then(|v| self.address(v, "address")) {
@@ -1748,6 +1777,7 @@ impl Decoder<'_> {
                 };
                 Some(SinkConfig::Http { url: text, timeout })
             }
+            "nats" => self.nats_sink(name, table, &what),
             _ => {
                 self.check_keys(table, &what, &["type"]);
                 Some(SinkConfig::Blackhole)

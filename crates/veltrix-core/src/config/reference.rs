@@ -9,6 +9,10 @@
 
 use std::fmt::Write as _;
 
+use super::nats::{
+    DEFAULT_NATS_ACK_WAIT, DEFAULT_NATS_MSG_ID, NATS_BATCH_EVENTS_MAX, NATS_MODES,
+    NATS_NAME_LEN_MAX,
+};
 use super::units::format_duration;
 use super::*;
 
@@ -199,8 +203,10 @@ pub fn reference() -> Vec<SectionDoc> {
                     "`\"http\"`: CloudEvents over HTTP (`POST /v1/events`); `\"generator\"`: \
                      synthetic events at a fixed rate (demos, benchmarks, tests); `\"file\"`: \
                      tails NDJSON files (one structured CloudEvent per line) with checkpoints; \
-                     `\"stdin\"`: NDJSON on standard input. Each type takes the keys marked \
-                     with its name below (http: `address`, `body_bytes_max`, `tokens`).",
+                     `\"stdin\"`: NDJSON on standard input; `\"nats\"`: CloudEvents from NATS, \
+                     a JetStream durable consumer (at-least-once) or a core subscription \
+                     (at-most-once). Each type takes the keys marked with its name below (http: \
+                     `address`, `body_bytes_max`, `tokens`).",
                 ),
                 key(
                     "address",
@@ -273,11 +279,13 @@ pub fn reference() -> Vec<SectionDoc> {
                     "batch_events",
                     "integer",
                     text(format!(
-                        "100 (generator); {DEFAULT_LINE_BATCH_EVENTS} (file, stdin)"
+                        "100 (generator, nats); {DEFAULT_LINE_BATCH_EVENTS} (file, stdin)"
                     )),
-                    format!("1 to {BATCH_EVENTS_MAX_MAX}"),
+                    format!("1 to {BATCH_EVENTS_MAX_MAX} (nats: to {NATS_BATCH_EVENTS_MAX})"),
                     "generator, file, stdin: most events stored per append (one group commit \
-                     each). file and stdin also cap a batch at 4 MiB of lines.",
+                     each); file and stdin also cap a batch at 4 MiB of lines. nats: most \
+                     messages stored per append, and per JetStream pull request; at most about \
+                     2.5 × this many messages are held in memory.",
                 ),
                 key(
                     "include",
@@ -346,6 +354,67 @@ pub fn reference() -> Vec<SectionDoc> {
                     "stdin: at the end of input, stop the engine (exit 0) once every pipeline \
                      reading a queue the input went to has delivered (or dead-lettered) \
                      everything read; `false` keeps the engine running.",
+                ),
+                key(
+                    "url",
+                    "string",
+                    text("required for `nats`"),
+                    "`nats://HOST[:PORT]`, comma-separated for several servers",
+                    "nats: the servers (port 4222 by default). The engine starts even when they \
+                     are down, and keeps reconnecting.",
+                ),
+                key(
+                    "mode",
+                    one_of(NATS_MODES),
+                    value("\"jetstream\""),
+                    "",
+                    "nats: `jetstream` consumes `stream` through a durable pull consumer and \
+                     acknowledges each message only once it is stored (at-least-once); `core` \
+                     subscribes to `subjects` (at-most-once: what arrives while the engine is \
+                     down or disconnected is lost).",
+                ),
+                key(
+                    "stream",
+                    "string",
+                    text("required for `jetstream`"),
+                    format!(
+                        "1 to {NATS_NAME_LEN_MAX} characters, no spaces, `.`, `*`, `>`, `/`, `\\`"
+                    ),
+                    "nats: the JetStream stream consumed.",
+                ),
+                key(
+                    "subjects",
+                    "string or array of strings",
+                    text("required for `core`, and for `jetstream` with `create_stream`"),
+                    "valid subjects (`*`, `>` as whole tokens)",
+                    "nats: core: the subjects subscribed. JetStream: the stream's subjects when \
+                     it is created, and the consumer's filter (several subjects need NATS \
+                     2.10+); without it an existing stream is consumed whole.",
+                ),
+                key(
+                    "consumer",
+                    "string",
+                    text("the source's name"),
+                    "like `stream`",
+                    "nats: the durable consumer's name; created when missing (an existing one \
+                     keeps its settings).",
+                ),
+                key(
+                    "create_stream",
+                    "boolean",
+                    value("true"),
+                    "",
+                    "nats: create `stream` with `subjects` (file storage) when it does not \
+                     exist; `false` waits (retrying) for someone else to create it.",
+                ),
+                key(
+                    "ack_wait",
+                    DURATION,
+                    duration(DEFAULT_NATS_ACK_WAIT),
+                    "at least 1s",
+                    "nats (jetstream): a message not acknowledged this long after delivery is \
+                     delivered again. While a full queue holds a batch back, the source tells \
+                     NATS it is still in progress every half `ack_wait`.",
                 ),
             ],
         },
@@ -576,7 +645,8 @@ pub fn reference() -> Vec<SectionDoc> {
                      NDJSON on standard output; `blackhole`: discards; `http`: POSTs each \
                      batch to `url` as `application/cloudevents-batch+json` (timeouts, \
                      connection errors, 5xx, 408 and 429 are retried; other answers are \
-                     permanent).",
+                     permanent); `nats`: publishes each event to `subject` (JetStream: waits \
+                     for every PubAck).",
                 ),
                 key(
                     "path",
@@ -588,16 +658,46 @@ pub fn reference() -> Vec<SectionDoc> {
                 key(
                     "url",
                     "string",
-                    text("required for `http`"),
-                    "an `http://` URL",
-                    "`http` only: the endpoint.",
+                    text("required for `http` and `nats`"),
+                    "`http`: an `http://` URL; `nats`: `nats://HOST[:PORT]`, comma-separated",
+                    "`http`: the endpoint; `nats`: the servers (the engine starts even when \
+                     they are down).",
                 ),
                 key(
                     "timeout",
                     DURATION,
                     duration(DEFAULT_HTTP_TIMEOUT),
                     "more than 0",
-                    "`http` only: the longest wait for one request's answer.",
+                    "`http`: the longest wait for one request's answer; `nats`: for a batch's \
+                     PubAcks (JetStream) or flush (core).",
+                ),
+                key(
+                    "subject",
+                    "string (template)",
+                    text("required for `nats`"),
+                    "a valid subject to publish to once rendered",
+                    "`nats` only: where each event goes; may use `{{ .type }}`, `{{ .source }}`, \
+                     `{{ .id }}`, `{{ .subject }}` (in values, spaces, `*` and `>` become `_`, \
+                     empty tokens `_`).",
+                ),
+                key(
+                    "jetstream",
+                    "boolean",
+                    value("true"),
+                    "",
+                    "`nats` only: `true` publishes through JetStream and confirms a batch once \
+                     every message has its PubAck (no stream for the subject is a permanent \
+                     failure); `false` is a core publish + flush (no confirmation from a \
+                     subscriber).",
+                ),
+                key(
+                    "msg_id",
+                    "string (template)",
+                    value(format!("\"{DEFAULT_NATS_MSG_ID}\"")),
+                    "",
+                    "`nats` only: the `Nats-Msg-Id` header, the key JetStream deduplicates on \
+                     within the stream's duplicate window (so redelivered batches are not \
+                     stored twice).",
                 ),
             ],
         },
@@ -713,6 +813,7 @@ pub fn reference_markdown() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::nats::NATS_SINK_KEYS;
     use super::super::tests_section::TEST_KEYS;
     use super::*;
 
@@ -790,10 +891,18 @@ mod tests {
                     format!("include = [\"/tmp/*.ndjson\"]\n{line}")
                 }
             ),
+            "[sources.NAME]" if !GENERATOR_SOURCE_KEYS.contains(&key) => format!(
+                "[sources.n]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nstream = \"S\"\n\
+                 subjects = [\"s.>\"]\n{line}\n"
+            ),
             "[sources.NAME]" => format!("[sources.g]\ntype = \"generator\"\n{line}\n"),
             "[queues.NAME]" => topology(line, "", ""),
             "[pipelines.NAME]" => topology("", line, ""),
             "retry" => topology("", &format!("retry = {{ {line} }}"), ""),
+            "[sinks.NAME]" if NATS_SINK_KEYS.contains(&key) && key != "url" => format!(
+                "[queues.q]\ntypes = [\"*\"]\n[pipelines.p]\nfrom = [\"q\"]\nsink = \"s\"\n\
+                 [sinks.s]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"x\"\n{line}\n"
+            ),
             "[sinks.NAME]" => topology("", "", line),
             "[[tests]]" => {
                 // Some expectation is required: one the line does not set.

@@ -318,6 +318,172 @@ fn bad_durations_are_errors_at_the_value() {
     );
 }
 
+// --- NATS sources and sinks ---
+
+/// `BASE` with a NATS source whose table body is `body`; its `[sources.orders]` is on line 2.
+fn nats_source(body: &str) -> String {
+    format!("\n[sources.orders]\ntype = \"nats\"\n{body}\n{BASE}")
+}
+
+/// `BASE` with its sink replaced by a NATS sink (`[sinks.out]` on line 9) whose body starts on
+/// line 12.
+fn nats_sink(body: &str) -> String {
+    BASE.replace(
+        "type = \"blackhole\"",
+        &format!("type = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n{body}"),
+    )
+}
+
+#[test]
+fn a_jetstream_source_gets_its_defaults() {
+    let loaded = valid(&nats_source(
+        "url = \"nats://127.0.0.1:4222\"\nstream = \"ORDERS\"\nsubjects = [\"orders.>\"]",
+    ));
+    let SourceConfig::Nats(nats) = &loaded.config.sources["orders"] else {
+        panic!("not a nats source: {:?}", loaded.config.sources);
+    };
+    assert_eq!(nats.subjects, ["orders.>"]);
+    assert_eq!(nats.batch_events, 100);
+    assert_eq!(
+        nats.mode,
+        NatsSourceMode::JetStream(JetStreamConsumer {
+            stream: "ORDERS".to_owned(),
+            consumer: "orders".to_owned(),
+            create_stream: true,
+            ack_wait: Duration::from_secs(30),
+        })
+    );
+}
+
+#[test]
+fn a_core_source_needs_subjects_and_refuses_jetstream_keys() {
+    let loaded = valid(&nats_source(
+        "url = \"nats://a:1,nats://b\"\nmode = \"core\"\nsubjects = \"orders.*.created\"",
+    ));
+    let SourceConfig::Nats(nats) = &loaded.config.sources["orders"] else {
+        panic!("not a nats source");
+    };
+    assert_eq!(nats.mode, NatsSourceMode::Core);
+    assert_eq!(nats.subjects, ["orders.*.created"]);
+
+    let src =
+        nats_source("url = \"nats://a\"\nmode = \"core\"\nsubjects = [\"x\"]\nack_wait = \"5s\"");
+    let error = check_error(&src, 7, 1, "`ack_wait` is for JetStream");
+    assert!(error.hint.unwrap().contains("remove it"));
+
+    let src = nats_source("url = \"nats://a\"\nmode = \"core\"");
+    check_error(&src, 2, 10, "is missing `subjects`");
+}
+
+#[test]
+fn a_jetstream_source_without_a_stream_points_to_core_mode() {
+    let src = nats_source("url = \"nats://127.0.0.1:4222\"\nsubjects = [\"orders.>\"]");
+    let error = check_error(
+        &src,
+        2,
+        10,
+        "source `orders` (type \"nats\") is missing `stream`",
+    );
+    assert!(error.hint.unwrap().contains("mode = \"core\""));
+    // Without subjects, a stream it may create would have none.
+    let src = nats_source("url = \"nats://127.0.0.1:4222\"\nstream = \"S\"");
+    let error = check_error(&src, 2, 10, "is missing `subjects`");
+    assert!(error.hint.unwrap().contains("create_stream = false"));
+    valid(&nats_source(
+        "url = \"nats://127.0.0.1:4222\"\nstream = \"S\"\ncreate_stream = false",
+    ));
+}
+
+#[test]
+fn bad_nats_source_values_are_errors_at_the_value() {
+    let src =
+        nats_source("url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"ok.>\", \"orders..x\"]");
+    check_error(
+        &src,
+        6,
+        21,
+        "invalid subject \"orders..x\": a subject must not have an empty token",
+    );
+    let src = nats_source("url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"a.>.b\"]");
+    check_error(&src, 6, 13, "`>` must be the last token");
+    let src = nats_source("url = \"http://127.0.0.1:4222\"\nstream = \"S\"\nsubjects = [\"a\"]");
+    let error = check_error(
+        &src,
+        4,
+        7,
+        "`url`: \"http://127.0.0.1:4222\" is not a nats:// URL",
+    );
+    assert!(error.hint.unwrap().contains("nats://127.0.0.1:4222"));
+    let src = nats_source("url = \"nats://a:99999\"\nstream = \"S\"\nsubjects = [\"a\"]");
+    check_error(&src, 4, 7, "invalid port `99999`");
+    let src = nats_source("url = \"nats://a\"\nstream = \"OR.DERS\"\nsubjects = [\"a\"]");
+    check_error(&src, 5, 10, "`stream` must not contain '.'");
+    let src =
+        nats_source("url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"a\"]\nack_wait = \"10ms\"");
+    check_error(&src, 7, 12, "`ack_wait` must be at least 1s");
+    let src =
+        nats_source("url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"a\"]\nbatch_events = 20000");
+    check_error(&src, 7, 16, "`batch_events` must be between 1 and 10000");
+    let src = nats_source(
+        "url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"a\"]\ncreate_stream = \"true\"",
+    );
+    let error = check_error(&src, 7, 17, "`create_stream` must be a boolean");
+    assert_eq!(
+        error.hint.as_deref(),
+        Some("remove the quotes: `create_stream = true`")
+    );
+    let src =
+        nats_source("url = \"nats://a\"\nstream = \"S\"\nsubjects = [\"a\"]\nmode = \"jetstraem\"");
+    let error = check_error(&src, 7, 8, "unknown mode \"jetstraem\"");
+    assert_eq!(error.hint.as_deref(), Some("did you mean `jetstream`?"));
+}
+
+#[test]
+fn a_nats_sink_gets_its_defaults() {
+    let loaded = valid(&nats_sink("subject = \"processed.{{ .type }}\""));
+    let SinkConfig::Nats(nats) = &loaded.config.sinks["out"] else {
+        panic!("not a nats sink");
+    };
+    assert_eq!(nats.url, "nats://127.0.0.1:4222");
+    assert_eq!(nats.subject.as_str(), "processed.{{ .type }}");
+    assert!(nats.jetstream);
+    assert_eq!(nats.msg_id.as_str(), "{{ .source }}/{{ .id }}");
+    assert_eq!(nats.timeout, Duration::from_secs(10));
+}
+
+#[test]
+fn an_unknown_template_field_is_an_error_at_the_placeholder() {
+    let src = nats_sink("subject = \"processed.{{ .typ }}\"");
+    let error = check_error(&src, 12, 22, "`subject`: unknown template field `.typ`");
+    assert_eq!(
+        error.hint.as_deref(),
+        Some("did you mean `.type`? (fields: `.type`, `.source`, `.id`, `.subject`)")
+    );
+    // With an escape in the string, the bytes differ from the text: the whole value.
+    let src = nats_sink("subject = \"p\\u002e{{ .nope }}\"");
+    let error = check_error(&src, 12, 11, "unknown template field `.nope`");
+    assert!(error.hint.unwrap().starts_with("template fields are"));
+    let src = nats_sink("subject = \"a\"\nmsg_id = \"{{ .id }\"");
+    check_error(&src, 13, 11, "`msg_id`: `{{` is never closed");
+}
+
+#[test]
+fn a_nats_sink_subject_must_be_publishable() {
+    let src = nats_sink("subject = \"processed.>\"");
+    check_error(&src, 12, 11, "cannot hold the wildcards");
+    let src = nats_sink("subject = \"processed..{{ .type }}\"");
+    check_error(&src, 12, 11, "empty token");
+    let src = nats_sink("jetstream = true");
+    check_error(
+        &src,
+        9,
+        8,
+        "sink `out` (type \"nats\") is missing `subject`",
+    );
+    let src = nats_sink("subject = \"a\"\njetstream = 1");
+    check_error(&src, 13, 13, "`jetstream` must be a boolean");
+}
+
 #[test]
 fn bad_sizes_are_errors_at_the_value() {
     let src = BASE.replace("types = [\"*\"]", "types = [\"*\"]\nmax_bytes = \"1.5GiB\"");

@@ -17,6 +17,9 @@ mod generator;
 mod lines;
 mod ndjson;
 mod stdin;
+mod nats;
+
+pub(crate) use nats::describe as describe_nats;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -98,21 +101,19 @@ impl SourceContext {
     pub(crate) async fn store(&mut self, events: &[Event]) -> Result<Accepted, StoreError> {
         let result = self.store_waiting(events).await;
         if let Err(e) = &result {
-            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
             let reason = match e {
                 StoreError::Unroutable(_) => "unroutable-events",
                 StoreError::TooLarge { .. } => "event-too-large",
                 StoreError::Full { .. } | StoreError::Closed => "unavailable",
                 StoreError::Failed { .. } => "storage-failed",
             };
-            metrics::counter!("veltrix_events_rejected_total", "source" => self.name.clone(), "reason" => reason)
-                .increment(events.len() as u64);
+            self.reject(reason, events.len() as u64);
         }
         result
     }
 
-    /// [`SourceContext::store`] without counting a refusal as rejected events: for sources that
-    /// split or retry a refused batch and count what they finally reject themselves.
+    /// [`SourceContext::store`] without counting a refusal: for sources that sort out which of
+    /// the events were at fault and count those ([`SourceContext::reject`]).
     pub(crate) async fn store_waiting(&mut self, events: &[Event]) -> Result<Accepted, StoreError> {
         let mut pause = PAUSE_INITIAL;
         loop {
@@ -135,6 +136,19 @@ impl SourceContext {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Counts `events` refused for `reason` (`veltrix_events_rejected_total` and the stats).
+    pub(crate) fn reject(&self, reason: &'static str, events: u64) {
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("veltrix_events_rejected_total", "source" => self.name.clone(), "reason" => reason)
+            .increment(events);
+    }
+
+    /// Whether some queue takes events of type `ty` (as routing stands now; a reload may change
+    /// it before the next store).
+    pub(crate) fn routes(&self, ty: &str) -> bool {
+        self.live.routing().router.route(ty).is_some()
     }
 }
 
@@ -178,6 +192,7 @@ impl RunningSource {
             SourceConfig::Generator(g) => tokio::spawn(generator::run(g.clone(), ctx)),
             SourceConfig::File(f) => file::start(f.clone(), ctx),
             SourceConfig::Stdin(s) => stdin::start(s.clone(), ctx),
+            SourceConfig::Nats(n) => tokio::spawn(nats::run(n.clone(), ctx)),
         };
         Some(RunningSource { name, task })
     }

@@ -14,7 +14,6 @@
 //! one line when a single line is larger).
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use veltrix_core::event::{self, DecodeError, Event};
@@ -192,9 +191,7 @@ impl Rejects {
         location: &str,
         message: &str,
     ) {
-        metrics::counter!("veltrix_events_rejected_total", "source" => self.source.clone(), "reason" => reason)
-            .increment(1);
-        ctx.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        ctx.reject(reason, 1);
         if self.window_start.elapsed() >= LOG_WINDOW {
             if self.suppressed > 0 {
                 tracing::warn!(source = %self.source, lines = self.suppressed, "more rejected lines were not logged (at most {LOGS_PER_WINDOW} every {LOG_WINDOW:?})");

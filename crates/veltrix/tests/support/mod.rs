@@ -22,6 +22,16 @@ pub const BIN: &str = match option_env!("CARGO_BIN_EXE_veltrix") {
 /// (a failure guard, not a timing assertion).
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// A service a test needs (NATS, PostgreSQL, ...) is not available: prints a loud
+/// `SKIPPED: why` so the caller can return; with `VELTRIX_REQUIRE_SERVICES=1` (CI) the test fails
+/// instead, so a missing service cannot pass silently.
+pub fn skip_unless_required(why: &str) {
+    if std::env::var("VELTRIX_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("{why} (VELTRIX_REQUIRE_SERVICES=1: the service is required)");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
 /// A running `veltrix run` process.
 pub struct Engine {
     pub child: Child,
