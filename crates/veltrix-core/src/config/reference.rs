@@ -9,6 +9,7 @@
 
 use std::fmt::Write as _;
 
+use super::processors::*;
 use super::units::format_duration;
 use super::*;
 
