@@ -255,7 +255,7 @@ impl Decoder<'_> {
                     codes::CONFLICT,
                     item.span(),
                     format!(
-                        "a `{}` processor must be the last one: {why}",
+                        "the `{}` processor must be the last one: {why}",
                         processor.type_name()
                     ),
                     Some("move it to the end of `processors`".to_owned()),
