@@ -9,27 +9,44 @@
 //! fails on is what the pipeline would dead-letter.
 //!
 //! Every outcome is compared: the delivered events with `expect` (in order and in number, each
-//! a subset match: objects recursively, arrays and scalars exactly, `1` equal to `1.0`) and the
-//! dead-lettered events with `expect_dead_letter`.
+//! a subset match: objects recursively, arrays and scalars exactly, `1` equal to `1.0`) and
+//! their sinks with `expect_sinks`, the dead-lettered events with `expect_dead_letter`, and the
+//! derived events of an aggregate with `expect_emitted`.
+//!
+//! Determinism: a test runs on a frozen clock ([`TEST_CLOCK_MICROS`], 2000-01-01T00:00:00Z) with
+//! fresh processor state, so a throttle lets exactly its `burst` through, a dedupe drops every
+//! repeat, samples hash as they do in production, and every input falls in one aggregate
+//! window; when the inputs are done every open window closes, and what it emits is compared
+//! with `expect_emitted`.
 
 use std::fmt;
 
+use std::sync::Arc;
+
 use serde_json::Value as Json;
-use veltrix_core::config::{Config, ConfigTest, DeadLetterExpectation, Location, Router};
+use veltrix_core::config::{
+    Config, ConfigTest, DeadLetterExpectation, Location, PipelineConfig, ProcessorConfig, Router,
+};
 use veltrix_core::event::{self, DecodeError, Event};
-use veltrix_core::expr::Runtime;
 
 use crate::handler::Plugins;
-use crate::processors::{Chain, Outcome};
+use crate::processors::{Chain, FrozenClock, Input, Outcome, Output, Scratch};
 use crate::record;
+
+/// The instant config tests run at: 2000-01-01T00:00:00Z, in µs since the Unix epoch.
+pub const TEST_CLOCK_MICROS: u64 = 946_684_800_000_000;
 
 /// What became of one input event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventOutcome {
-    /// The sink received this event (the NDJSON line, parsed).
-    Delivered(Json),
-    /// A filter dropped it.
+    /// `sink` received this event (the NDJSON line, parsed).
+    Delivered { event: Json, sink: String },
+    /// A filter (or a custom processor) dropped it.
     Filtered,
+    /// A dedupe, throttle or sample processor dropped it: which one ("processor 1 (dedupe)").
+    Dropped(String),
+    /// An aggregate consumed it (what the aggregate emits is in [`TestOutcome::emitted`]).
+    Aggregated,
     /// A processor failed on it: the pipeline would dead-letter it with this reason.
     DeadLettered(String),
     /// It never reaches the pipeline: no queue the pipeline reads takes its type, or ingest
@@ -90,6 +107,8 @@ pub struct TestOutcome {
     pub location: Location,
     /// Per input event, in order.
     pub results: Vec<InputResult>,
+    /// The derived events the pipeline's aggregate emitted when the test ended, in order.
+    pub emitted: Vec<Json>,
     /// Empty when the test passed.
     pub failures: Vec<Failure>,
 }
@@ -102,7 +121,7 @@ impl TestOutcome {
     /// The delivered events, in order.
     pub fn delivered(&self) -> impl Iterator<Item = &Json> {
         self.results.iter().filter_map(|r| match &r.outcome {
-            EventOutcome::Delivered(event) => Some(event),
+            EventOutcome::Delivered { event, .. } => Some(event),
             _ => None,
         })
     }
@@ -124,7 +143,10 @@ pub fn run_config_tests(config: &Config, plugins: &Plugins) -> Vec<TestOutcome> 
 /// If `test.pipeline` is not a pipeline of `config` (a loaded config's tests always name one).
 pub fn run_pipeline_test(config: &Config, test: &ConfigTest, plugins: &Plugins) -> TestOutcome {
     let pipeline = &config.pipelines[test.pipeline.as_str()];
-    let chain = match Chain::new(&pipeline.processors, plugins) {
+    let clock = Arc::new(FrozenClock {
+        wall_micros: TEST_CLOCK_MICROS,
+    });
+    let chain = match Chain::new(&test.pipeline, pipeline, plugins, clock) {
         Ok(chain) => chain,
         Err(why) => {
             return TestOutcome {
@@ -132,6 +154,7 @@ pub fn run_pipeline_test(config: &Config, test: &ConfigTest, plugins: &Plugins) 
                 pipeline: test.pipeline.clone(),
                 location: test.location.clone(),
                 results: Vec::new(),
+                emitted: Vec::new(),
                 failures: vec![Failure {
                     message: format!("the pipeline cannot start: {why}"),
                     mismatches: Vec::new(),
@@ -140,7 +163,7 @@ pub fn run_pipeline_test(config: &Config, test: &ConfigTest, plugins: &Plugins) 
         }
     };
     let router = Router::new(config);
-    let mut runtime = Runtime::new();
+    let mut scratch = chain.scratch();
     let mut results = Vec::with_capacity(test.input.len());
     for (index, input) in test.input.iter().enumerate() {
         let event = match decode(input) {
@@ -168,7 +191,7 @@ pub fn run_pipeline_test(config: &Config, test: &ConfigTest, plugins: &Plugins) 
                     test.pipeline
                 ))]
             }
-            Some(_) => process(&chain, &mut runtime, &event),
+            Some(_) => process(&chain, pipeline, &mut scratch, &event),
         };
         // A processor that splits an event delivers several: one result each.
         results.extend(outcomes.into_iter().map(|outcome| InputResult {
@@ -177,12 +200,22 @@ pub fn run_pipeline_test(config: &Config, test: &ConfigTest, plugins: &Plugins) 
             outcome,
         }));
     }
-    let failures = compare(test, &results);
+    // The test is over: every open window closes.
+    let emitted: Vec<Json> = chain
+        .aggregate()
+        .map(|a| a.take_closed(u64::MAX))
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|window| window.events)
+        .map(|e| serde_json::from_slice(&e).expect("a derived event is JSON"))
+        .collect();
+    let failures = compare(test, &results, &emitted);
     TestOutcome {
         name: test.name.clone(),
         pipeline: test.pipeline.clone(),
         location: test.location.clone(),
         results,
+        emitted,
         failures,
     }
 }
@@ -204,27 +237,65 @@ fn decode(input: &Json) -> Result<Event, String> {
 }
 
 /// Stores the event as ingest does and runs the chain on the record's body as a worker does.
-fn process(chain: &Chain, runtime: &mut Runtime, event: &Event) -> Vec<EventOutcome> {
+fn process(
+    chain: &Chain,
+    pipeline: &PipelineConfig,
+    scratch: &mut Scratch,
+    event: &Event,
+) -> Vec<EventOutcome> {
     let mut stored = Vec::new();
     record::begin(&mut stored, record::now_micros());
     event.to_json_bytes(&mut stored);
     let (_, body) = record::split(&stored);
-    let mut sink_batch = Vec::new();
-    match chain.apply(body, runtime, &mut sink_batch) {
-        Outcome::Emitted(_) => sink_batch
-            .split(|b| *b == b'\n')
-            .filter(|line| !line.is_empty())
-            .map(|line| match serde_json::from_slice(line) {
-                Ok(json) => EventOutcome::Delivered(json),
-                Err(e) => EventOutcome::DeadLettered(format!("the sink line is not JSON: {e}")),
-            })
-            .collect(),
-        Outcome::Filtered => vec![EventOutcome::Filtered],
-        Outcome::Failed(why) => vec![EventOutcome::DeadLettered(why)],
+    let mut output = Output::new(chain.sinks());
+    let input = Input {
+        body,
+        index: 0,
+        ack: None,
+    };
+    let outcome = chain.apply(&input, scratch, &mut output);
+    // Nothing is delivered for real: no dedupe key is forgotten after a delivery failure.
+    chain.settle(scratch, |_| false);
+    match outcome {
+        Outcome::Emitted(_) => {
+            let sinks = pipeline.sinks();
+            output
+                .parts
+                .iter()
+                .zip(sinks)
+                .flat_map(|(part, sink)| {
+                    part.ndjson
+                        .split(|b| *b == b'\n')
+                        .filter(|line| !line.is_empty())
+                        .map(move |line| match serde_json::from_slice(line) {
+                            Ok(event) => EventOutcome::Delivered {
+                                event,
+                                sink: sink.to_owned(),
+                            },
+                            Err(e) => EventOutcome::DeadLettered(format!(
+                                "the sink line is not JSON: {e}"
+                            )),
+                        })
+                })
+                .collect()
+        }
+        Outcome::Filtered { by } => {
+            let dropping = by.and_then(|i| pipeline.processors.get(i));
+            match dropping {
+                Some(
+                    ProcessorConfig::Dedupe(_)
+                    | ProcessorConfig::Throttle(_)
+                    | ProcessorConfig::Sample(_),
+                ) => vec![EventOutcome::Dropped(chain.describe(by.expect("some")))],
+                _ => vec![EventOutcome::Filtered],
+            }
+        }
+        Outcome::Aggregated => vec![EventOutcome::Aggregated],
+        Outcome::DeadLetter { error, .. } => vec![EventOutcome::DeadLettered(error)],
     }
 }
 
-fn compare(test: &ConfigTest, results: &[InputResult]) -> Vec<Failure> {
+fn compare(test: &ConfigTest, results: &[InputResult], emitted: &[Json]) -> Vec<Failure> {
     let mut failures = Vec::new();
     let failure = |message: String| Failure {
         message,
@@ -242,10 +313,47 @@ fn compare(test: &ConfigTest, results: &[InputResult]) -> Vec<Failure> {
     let delivered: Vec<(&InputResult, &Json)> = results
         .iter()
         .filter_map(|r| match &r.outcome {
-            EventOutcome::Delivered(json) => Some((r, json)),
+            EventOutcome::Delivered { event, .. } => Some((r, event)),
             _ => None,
         })
         .collect();
+    if let Some(expected) = &test.expect_sinks {
+        let sinks = results.iter().filter_map(|r| match &r.outcome {
+            EventOutcome::Delivered { sink, .. } => Some((r, sink)),
+            _ => None,
+        });
+        for (i, ((r, actual), expected)) in sinks.zip(expected).enumerate() {
+            if actual != expected {
+                failures.push(Failure {
+                    message: format!(
+                        "delivered event {i} (from input[{}], id {}) went to another sink",
+                        r.index, r.id
+                    ),
+                    mismatches: vec![Mismatch {
+                        path: "sink".to_owned(),
+                        expected: Json::String(expected.clone()),
+                        actual: Some(Json::String(actual.clone())),
+                    }],
+                });
+            }
+        }
+    }
+    if emitted.len() != test.expect_emitted.len() {
+        failures.push(failure(format!(
+            "expected {} emitted event(s), the pipeline's aggregate emitted {}",
+            test.expect_emitted.len(),
+            emitted.len()
+        )));
+    }
+    for (i, (expected, actual)) in test.expect_emitted.iter().zip(emitted).enumerate() {
+        let mismatches = subset_mismatches(expected, actual);
+        if !mismatches.is_empty() {
+            failures.push(Failure {
+                message: format!("emitted event {i} does not match expect_emitted[{i}]"),
+                mismatches,
+            });
+        }
+    }
     if delivered.len() != test.expect.len() {
         failures.push(failure(format!(
             "expected {} delivered event(s), the sink received {}",
