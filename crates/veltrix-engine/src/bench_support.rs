@@ -6,9 +6,9 @@
 //! processor chain ([`Pipeline`]: what a worker runs per record) and the http sink's body
 //! ([`http_sink_body`]). Nothing here is used by the engine itself.
 
+use std::sync::Arc;
 use veltrix_core::config::{PipelineConfig, Router};
 use veltrix_core::event::{self, DecodeError};
-use std::sync::Arc;
 
 pub use crate::ingest::QueueRecords;
 use crate::processors::{Chain, Input, Outcome, Output, Scratch, SystemClock};
@@ -78,7 +78,9 @@ impl Pipeline {
         std::mem::swap(&mut part.ndjson, out);
         part.ends.clear();
         part.owners.clear();
-        let outcome = self.chain.apply(&input, &mut self.scratch, &mut self.output);
+        let outcome = self
+            .chain
+            .apply(&input, &mut self.scratch, &mut self.output);
         std::mem::swap(&mut self.output.parts[0].ndjson, out);
         match outcome {
             Outcome::Emitted(_) => Ok(true),

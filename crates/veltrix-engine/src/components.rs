@@ -362,12 +362,13 @@ impl Running {
                     .0
             }
         };
-        let chain = Chain::new(name, p, &self.plugins, Arc::new(SystemClock)).map_err(|message| {
-            EngineError::Processor {
-                pipeline: name.to_owned(),
-                message,
-            }
-        })?;
+        let chain =
+            Chain::new(name, p, &self.plugins, Arc::new(SystemClock)).map_err(|message| {
+                EngineError::Processor {
+                    pipeline: name.to_owned(),
+                    message,
+                }
+            })?;
         let dead_letters = Arc::new(DeadLetters::new(&p.dead_letter, name, &p.sink, dlq_log));
         let sinks: Vec<SinkTarget> = p
             .sinks()

@@ -351,8 +351,7 @@ pub(crate) async fn append_to(queue: &Queue, records: &[&[u8]]) -> Result<Accept
         });
     }
     if let Err(e) = make_room(queue, records) {
-        if !matches!(e, veltrix_log::Error::Full(_)) || queue.when_full == WhenFull::Backpressure
-        {
+        if !matches!(e, veltrix_log::Error::Full(_)) || queue.when_full == WhenFull::Backpressure {
             return Err(append_error(&queue.name, e));
         }
         queue

@@ -508,7 +508,9 @@ fn process(
 ) {
     let processing = Instant::now();
     let queue = &shared.ackers[input].0;
-    pending.started.get_or_insert_with(tokio::time::Instant::now);
+    pending
+        .started
+        .get_or_insert_with(tokio::time::Instant::now);
     for r in records {
         let index = u32::try_from(pending.records.len()).expect("a pending batch is bounded");
         let (_, body) = record::split(&r.payload);
@@ -792,7 +794,9 @@ async fn deliver(
         slot.counters
             .record_request(result.is_ok(), started.elapsed());
         shared.add_busy(started.elapsed());
-        slot.metrics.duration.record(started.elapsed().as_secs_f64());
+        slot.metrics
+            .duration
+            .record(started.elapsed().as_secs_f64());
         let error = match result {
             Ok(()) => {
                 slot.metrics.ok.increment(1);
@@ -936,7 +940,10 @@ async fn emit_window(
                 break;
             }
             Err(e) if patient => {
-                shared.warn_rate_limited("an aggregate cannot emit its window yet; waiting", &e.to_string());
+                shared.warn_rate_limited(
+                    "an aggregate cannot emit its window yet; waiting",
+                    &e.to_string(),
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(DLQ_FULL_WAIT) => {}
                     _ = stop.changed() => return false,

@@ -686,4 +686,187 @@ type = "blackhole"
         );
         assert_eq!(outcome.failures, []);
     }
+
+    const KEYED: &str = r#"
+[queues.games]
+types = ["game.*"]
+[queues.orders]
+types = ["order.*"]
+[queues.stats]
+types = ["*"]
+
+[pipelines.unique]
+from = ["games"]
+sink = "out"
+processors = [
+  { type = "dedupe", key = '.data.round' },
+  { type = "throttle", key = '.source', rate = 2, when_exceeded = "dead_letter" },
+]
+
+[pipelines.scores]
+from = ["games"]
+sink = "out"
+processors = [
+  { type = "sample", rate = 0.5, key = '.data.player' },
+  { type = "aggregate", key = '.data.player', window = "1m", fields = { points = '.data.points' }, into = "stats", event_type = "score.summed" },
+]
+
+[pipelines.orders]
+from = ["orders"]
+sink = "out"
+routes = [{ condition = '.type == "order.paid"', sink = "billing" }]
+
+[sinks.out]
+type = "blackhole"
+[sinks.billing]
+type = "blackhole"
+"#;
+
+    fn run_keyed(test: &str) -> TestOutcome {
+        let src = format!("{KEYED}{test}");
+        let config = match parse_str_with_env(&src, "t.toml", 2, &|_| None) {
+            Ok(loaded) => loaded.config,
+            Err(d) => panic!("{}", d.iter().map(ToString::to_string).collect::<String>()),
+        };
+        run_pipeline_test(&config, &config.tests[0], &Plugins::new())
+    }
+
+    fn game(id: &str, source: &str, round: u32, player: &str, points: i64) -> String {
+        format!(
+            "{{ type = \"game.scored\", source = \"{source}\", id = \"{id}\", data = {{ round = {round}, player = \"{player}\", points = {points} }} }}"
+        )
+    }
+
+    #[test]
+    fn dedupe_and_throttle_decide_the_same_way_on_every_run() {
+        let inputs = [
+            game("1", "/a", 1, "x", 0),
+            game("2", "/a", 1, "x", 0), // round 1 again: deduplicated
+            game("3", "/a", 2, "x", 0),
+            game("4", "/a", 3, "x", 0), // a third from /a on a frozen clock: throttled
+            game("5", "/b", 4, "x", 0),
+        ]
+        .join(", ");
+        let test = format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"unique\"\ninput = [{inputs}]\nexpect = [{{ id = \"1\" }}, {{ id = \"3\" }}, {{ id = \"5\" }}]\nexpect_dead_letter = \"throttle\"\n"
+        );
+        for _ in 0..3 {
+            let outcome = run_keyed(&test);
+            assert_eq!(outcome.failures, []);
+            let outcomes: Vec<&EventOutcome> = outcome.results.iter().map(|r| &r.outcome).collect();
+            assert_eq!(
+                outcomes[1],
+                &EventOutcome::Dropped("processor 0 (dedupe)".to_owned())
+            );
+            let EventOutcome::DeadLettered(why) = outcomes[3] else {
+                panic!("{outcomes:?}");
+            };
+            assert!(
+                why.starts_with("processor 1 (throttle): over 2 per 1s for key"),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_dead_lettered_event_does_not_make_its_key_a_duplicate() {
+        // Event 4 is throttled to the dead-letter queue after passing dedupe: its round (3)
+        // is forgotten, so a replay (here event 6 with the same round) is no duplicate.
+        let inputs = [
+            game("1", "/a", 1, "x", 0),
+            game("2", "/a", 2, "x", 0),
+            game("4", "/a", 3, "x", 0),
+            game("6", "/c", 3, "x", 0),
+        ]
+        .join(", ");
+        let outcome = run_keyed(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"unique\"\ninput = [{inputs}]\nexpect = [{{ id = \"1\" }}, {{ id = \"2\" }}, {{ id = \"6\" }}]\nexpect_dead_letter = true\n"
+        ));
+        assert_eq!(outcome.failures, []);
+    }
+
+    #[test]
+    fn aggregates_emit_when_the_test_ends_and_expect_emitted_checks_them() {
+        // Players are sampled by a stable hash: find which of a few are kept, the same way the
+        // engine would.
+        let players = ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"];
+        let inputs: Vec<String> = players
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                [
+                    game(&format!("{p}a"), "/g", 0, p, i as i64),
+                    game(&format!("{p}b"), "/g", 0, p, 10),
+                ]
+            })
+            .collect();
+        let outcome = run_keyed(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"scores\"\ninput = [{}]\nexpect_emitted = []\n",
+            inputs.join(", ")
+        ));
+        let kept: Vec<&str> = outcome
+            .emitted
+            .iter()
+            .map(|e| e["data"]["key"].as_str().unwrap())
+            .collect();
+        assert!(
+            !kept.is_empty() && kept.len() < players.len(),
+            "half the players, give or take: {kept:?}"
+        );
+        assert_eq!(
+            outcome.failures[0].message,
+            format!(
+                "expected 0 emitted event(s), the pipeline's aggregate emitted {}",
+                kept.len()
+            )
+        );
+        for r in &outcome.results {
+            assert!(
+                r.outcome == EventOutcome::Aggregated
+                    || r.outcome == EventOutcome::Dropped("processor 0 (sample)".to_owned()),
+                "{r:?}"
+            );
+        }
+        let first = kept[0];
+        let i = players.iter().position(|p| *p == first).unwrap();
+        let outcome = run_keyed(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"scores\"\ninput = [{}]\nexpect_emitted = [{}]\n",
+            inputs.join(", "),
+            kept.iter()
+                .map(|k| format!(
+                    "{{ type = \"score.summed\", data = {{ key = \"{k}\", count = 2 }} }}"
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        assert_eq!(outcome.failures, []);
+        assert_eq!(
+            outcome.emitted[0]["data"],
+            json!({"key": first, "window_start": "2000-01-01T00:00:00.000000Z",
+                   "window_end": "2000-01-01T00:01:00.000000Z", "count": 2,
+                   "points": {"count": 2, "sum": i as i64 + 10, "min": i as i64, "max": 10,
+                              "avg": (i as f64 + 10.0) / 2.0}})
+        );
+    }
+
+    #[test]
+    fn routes_are_reported_and_expect_sinks_checks_them() {
+        let inputs = r#"{ type = "order.created", source = "/s", id = "c" }, { type = "order.paid", source = "/s", id = "p" }"#;
+        let outcome = run_keyed(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"orders\"\ninput = [{inputs}]\nexpect = [{{ id = \"c\" }}, {{ id = \"p\" }}]\nexpect_sinks = [\"out\", \"billing\"]\n"
+        ));
+        assert_eq!(outcome.failures, []);
+        let outcome = run_keyed(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"orders\"\ninput = [{inputs}]\nexpect = [{{ id = \"c\" }}, {{ id = \"p\" }}]\nexpect_sinks = [\"out\", \"out\"]\n"
+        ));
+        assert_eq!(outcome.failures.len(), 1);
+        assert_eq!(
+            outcome.failures[0].message,
+            "delivered event 1 (from input[1], id p) went to another sink"
+        );
+        assert_eq!(
+            outcome.failures[0].mismatches[0].to_string(),
+            "sink: expected \"out\", actual \"billing\""
+        );
+    }
 }

@@ -517,17 +517,16 @@ fn memory_queues_feeding_delivery(config: &Config, at: &Locations, out: &mut Vec
             .iter()
             .filter(|(_, p)| p.from.contains(queue_name))
             .flat_map(|(p, pipeline)| {
-                pipeline
-                    .sinks()
-                    .into_iter()
-                    .filter_map(move |sink| match config.sinks.get(sink)? {
+                pipeline.sinks().into_iter().filter_map(move |sink| {
+                    match config.sinks.get(sink)? {
                         SinkConfig::File { .. } => Some(format!("`{p}` (file sink `{sink}`)")),
                         SinkConfig::Http { .. } => Some(format!("`{p}` (http sink `{sink}`)")),
                         SinkConfig::Custom(c) => {
                             Some(format!("`{p}` ({} sink `{sink}`)", c.type_name))
                         }
                         SinkConfig::Stdout | SinkConfig::Blackhole => None,
-                    })
+                    }
+                })
             })
             .collect();
         if delivering.is_empty() {

@@ -483,7 +483,13 @@ impl Decoder<'_> {
             Some(v) => self.non_empty_string(v, "event_type"),
             None => {
                 let hint = "add `event_type = \"stats.updated\"`: the derived events' type";
-                self.missing(at.table, "event_type", at.span.clone(), at.what, hint.to_owned());
+                self.missing(
+                    at.table,
+                    "event_type",
+                    at.span.clone(),
+                    at.what,
+                    hint.to_owned(),
+                );
                 None
             }
         };
@@ -541,7 +547,8 @@ impl Decoder<'_> {
 
     /// A pipeline's `routes`: each `{ condition = '...', sink = "..." }`, sinks checked.
     pub(super) fn routes(&mut self, value: &Value<'_>, sink_names: &[&str]) -> Vec<RouteConfig> {
-        let hint = "write `routes = [{ condition = '.type == \"order.paid\"', sink = \"billing\" }]`";
+        let hint =
+            "write `routes = [{ condition = '.type == \"order.paid\"', sink = \"billing\" }]`";
         let DeValue::Array(items) = value.get_ref() else {
             self.wrong_type(value, "routes", "an array of tables", Some(hint.to_owned()));
             return Vec::new();
@@ -549,7 +556,12 @@ impl Decoder<'_> {
         let mut routes = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let DeValue::Table(table) = item.get_ref() else {
-                self.wrong_type(item, &format!("routes[{i}]"), "a table", Some(hint.to_owned()));
+                self.wrong_type(
+                    item,
+                    &format!("routes[{i}]"),
+                    "a table",
+                    Some(hint.to_owned()),
+                );
                 continue;
             };
             let what = format!("route {i}");

@@ -544,7 +544,9 @@ pub fn reference() -> Vec<SectionDoc> {
                     "rate",
                     "integer (`throttle`), number (`sample`)",
                     DefaultDoc::Required,
-                    format!("`throttle`: 1 to {THROTTLE_RATE_MAX}; `sample`: more than 0, at most 1"),
+                    format!(
+                        "`throttle`: 1 to {THROTTLE_RATE_MAX}; `sample`: more than 0, at most 1"
+                    ),
                     "`throttle`: events let through per `per`, per key; `sample`: the fraction \
                      kept.",
                 ),
@@ -620,7 +622,10 @@ pub fn reference() -> Vec<SectionDoc> {
                     "max_wait",
                     DURATION,
                     duration(DEFAULT_BATCH_MAX_WAIT),
-                    format!("more than 0, at most {}", format_duration(BATCH_MAX_WAIT_MAX)),
+                    format!(
+                        "more than 0, at most {}",
+                        format_duration(BATCH_MAX_WAIT_MAX)
+                    ),
                     "`batch`: longest wait since a batch's first event before it is written \
                      however small (its events stay unacknowledged meanwhile).",
                 ),

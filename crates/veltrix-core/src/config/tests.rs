@@ -859,7 +859,11 @@ fn every_built_in_processor_decodes_with_its_defaults() {
         .collect();
     assert_eq!(fields, [("score", ".data.points"), ("time", ".data.ms")]);
     assert_eq!(
-        (aggregate.into.as_str(), aggregate.event_type.as_str(), aggregate.max_keys),
+        (
+            aggregate.into.as_str(),
+            aggregate.event_type.as_str(),
+            aggregate.max_keys
+        ),
         ("stats", "score.summed", 10)
     );
 }
@@ -868,18 +872,66 @@ fn every_built_in_processor_decodes_with_its_defaults() {
 fn processor_mistakes_are_errors_at_their_value() {
     let cases: &[(&str, usize, &str)] = &[
         // (items, column on line 8, message)
-        ("{ type = \"dedupe\", windw = \"1m\" }", 34, "unknown key `windw` in dedupe processor"),
-        ("{ type = \"dedupe\", window = \"soon\" }", 43, "invalid duration"),
-        ("{ type = \"dedupe\", max_keys = 0 }", 45, "`max_keys` must be between 1 and"),
-        ("{ type = \"throttle\", per = \"1s\" }", 15, "throttle processor is missing `rate`"),
-        ("{ type = \"throttle\", rate = 10, when_exceeded = \"dead-letter\" }", 63, "unknown when_exceeded \"dead-letter\""),
-        ("{ type = \"sample\", rate = 1.5 }", 41, "`rate` must be more than 0 and at most 1"),
-        ("{ type = \"sample\", rate = \"0.5\" }", 41, "`rate` must be a number, found a string"),
-        ("{ type = \"dedupe\", key = '.id +' }", 40, "in `key`: VRL error"),
-        ("{ type = \"batch\" }, { type = \"filter\", condition = 'true' }", 15, "the `batch` processor must be the last one"),
-        ("{ type = \"batch\", max_wait = \"1h\" }", 44, "`max_wait` must be at most 5m"),
-        ("{ type = \"batch\", max_bytes = \"10B\" }", 45, "`max_bytes` must be between 1KiB and 256MiB"),
-        ("{ type = \"dedup\" }", 24, "unknown processor type \"dedup\""),
+        (
+            "{ type = \"dedupe\", windw = \"1m\" }",
+            34,
+            "unknown key `windw` in dedupe processor",
+        ),
+        (
+            "{ type = \"dedupe\", window = \"soon\" }",
+            43,
+            "invalid duration",
+        ),
+        (
+            "{ type = \"dedupe\", max_keys = 0 }",
+            45,
+            "`max_keys` must be between 1 and",
+        ),
+        (
+            "{ type = \"throttle\", per = \"1s\" }",
+            15,
+            "throttle processor is missing `rate`",
+        ),
+        (
+            "{ type = \"throttle\", rate = 10, when_exceeded = \"dead-letter\" }",
+            63,
+            "unknown when_exceeded \"dead-letter\"",
+        ),
+        (
+            "{ type = \"sample\", rate = 1.5 }",
+            41,
+            "`rate` must be more than 0 and at most 1",
+        ),
+        (
+            "{ type = \"sample\", rate = \"0.5\" }",
+            41,
+            "`rate` must be a number, found a string",
+        ),
+        (
+            "{ type = \"dedupe\", key = '.id +' }",
+            40,
+            "in `key`: VRL error",
+        ),
+        (
+            "{ type = \"batch\" }, { type = \"filter\", condition = 'true' }",
+            15,
+            "the `batch` processor must be the last one",
+        ),
+        (
+            "{ type = \"batch\", max_wait = \"1h\" }",
+            44,
+            "`max_wait` must be at most 5m",
+        ),
+        (
+            "{ type = \"batch\", max_bytes = \"10B\" }",
+            45,
+            "`max_bytes` must be between 1KiB and 256MiB",
+        ),
+        (
+            "{ type = \"dedup\" }",
+            24,
+            "unknown processor type \"dedup\"",
+        ),
     ];
     for (items, col, message) in cases {
         check_error(&with_processors(items), 8, *col, message);
@@ -891,8 +943,16 @@ fn processor_mistakes_are_errors_at_their_value() {
         "",
     );
     assert_eq!(error.hint.as_deref(), Some("did you mean `dead_letter`?"));
-    let error = check_error(&with_processors("{ type = \"sample\", rate = \"0.5\" }"), 8, 41, "");
-    assert_eq!(error.hint.as_deref(), Some("remove the quotes: `rate = 0.5`"));
+    let error = check_error(
+        &with_processors("{ type = \"sample\", rate = \"0.5\" }"),
+        8,
+        41,
+        "",
+    );
+    assert_eq!(
+        error.hint.as_deref(),
+        Some("remove the quotes: `rate = 0.5`")
+    );
 }
 
 #[test]

@@ -356,7 +356,11 @@ mod tests {
         let at = T0 + 5_000_000;
         w.add([contribution("alice", &[Some(Num::Int(10))])], ack(0), at);
         w.add([contribution("bob", &[Some(Num::Int(3))])], ack(1), at + 1);
-        w.add([contribution("alice", &[Some(Num::Int(4))])], ack(2), at + 2);
+        w.add(
+            [contribution("alice", &[Some(Num::Int(4))])],
+            ack(2),
+            at + 2,
+        );
         w.add([contribution("alice", &[None])], ack(3), at + 3);
         assert_eq!(w.keys(), 2);
         assert!(
@@ -383,9 +387,17 @@ mod tests {
     #[test]
     fn windows_are_aligned_tumbling_and_close_in_order() {
         let mut w = Windows::new(MINUTE, 100, 1);
-        w.add([contribution("a", &[Some(Num::Float(1.5))])], None, T0 + 59_999_999);
+        w.add(
+            [contribution("a", &[Some(Num::Float(1.5))])],
+            None,
+            T0 + 59_999_999,
+        );
         w.add([contribution("a", &[Some(Num::Int(2))])], None, T0 + MINUTE);
-        w.add([contribution("a", &[Some(Num::Int(2))])], None, T0 + 2 * MINUTE + 1);
+        w.add(
+            [contribution("a", &[Some(Num::Int(2))])],
+            None,
+            T0 + 2 * MINUTE + 1,
+        );
         assert_eq!(w.next_close(T0 + 30_000_000), T0 + MINUTE);
         let closed = w.take_closed(T0 + 2 * MINUTE, &emission());
         assert_eq!(
@@ -397,7 +409,11 @@ mod tests {
             data(&closed[0].events[0])["points"],
             json!({"count": 1, "sum": 1.5, "min": 1.5, "max": 1.5, "avg": 1.5})
         );
-        assert_eq!(w.take_closed(u64::MAX, &emission()).len(), 1, "all the rest");
+        assert_eq!(
+            w.take_closed(u64::MAX, &emission()).len(),
+            1,
+            "all the rest"
+        );
     }
 
     #[test]
@@ -434,7 +450,13 @@ mod tests {
         assert!(w.take_closed(T0 + MINUTE, &emission()).is_empty());
         let next = w.take_closed(T0 + 2 * MINUTE, &emission());
         assert_eq!(next[0].start_micros, T0 + MINUTE);
-        assert_eq!(next[0].held, [HeldAck { input: 0, offset: 9 }]);
+        assert_eq!(
+            next[0].held,
+            [HeldAck {
+                input: 0,
+                offset: 9
+            }]
+        );
     }
 
     #[test]
@@ -445,7 +467,10 @@ mod tests {
         let c = contribution("c", &[]);
         assert!(!w.has_room(c.key_hash, T0 + 1));
         assert!(w.has_room(contribution("a", &[]).key_hash, T0 + 1));
-        assert!(w.has_room(c.key_hash, T0 + MINUTE), "the next window is empty");
+        assert!(
+            w.has_room(c.key_hash, T0 + MINUTE),
+            "the next window is empty"
+        );
     }
 
     #[test]

@@ -431,7 +431,12 @@ impl Chain {
 
     /// Runs the chain on one stored event and appends what comes out to `out` (nothing when it
     /// is dropped, consumed or fails).
-    pub(crate) fn apply(&self, input: &Input<'_>, scratch: &mut Scratch, out: &mut Output) -> Outcome {
+    pub(crate) fn apply(
+        &self,
+        input: &Input<'_>,
+        scratch: &mut Scratch,
+        out: &mut Output,
+    ) -> Outcome {
         if self.slots.is_empty() && self.routes.is_empty() {
             let part = &mut out.parts[0];
             part.ndjson.extend_from_slice(input.body);
@@ -552,11 +557,12 @@ impl Chain {
                     sample::keep(hash, *rate)
                 }
                 Step::Aggregate(aggregate) => {
-                    let contribution = self.contribution(aggregate, &mut value, scratch)
-                        .map_err(|e| {
-                            scratch.counts[i][FAILED] += 1;
-                            failed(format!("{}: {e}", what()))
-                        })?;
+                    let contribution =
+                        self.contribution(aggregate, &mut value, scratch)
+                            .map_err(|e| {
+                                scratch.counts[i][FAILED] += 1;
+                                failed(format!("{}: {e}", what()))
+                            })?;
                     scratch.counts[i][DROPPED] += 1;
                     scratch.staged.push(contribution);
                     run.aggregated += 1;
@@ -582,8 +588,9 @@ impl Chain {
                     }
                     scratch.counts[i][PASSED] += next.len() as u64;
                     for event in next {
-                        let value = expr::event_to_value(&event)
-                            .map_err(|e| failed(format!("processor {} ({name}): {e}", slot.index)))?;
+                        let value = expr::event_to_value(&event).map_err(|e| {
+                            failed(format!("processor {} ({name}): {e}", slot.index))
+                        })?;
                         self.run_from(i + 1, value, input, scratch, out, run)?;
                     }
                     return Ok(());

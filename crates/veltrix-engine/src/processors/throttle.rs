@@ -152,7 +152,10 @@ mod tests {
         let mut b = Buckets::new(1, Duration::from_secs(10), 1, 2);
         assert!(b.take(1, ms(0)).allowed);
         assert!(b.take(2, ms(1)).allowed);
-        assert!(!b.take(1, ms(2)).allowed, "key 1 is now the most recently used");
+        assert!(
+            !b.take(1, ms(2)).allowed,
+            "key 1 is now the most recently used"
+        );
         // Key 3 evicts key 2 (least recently used), which had not refilled: counted.
         assert_eq!(
             b.take(3, ms(3)),
