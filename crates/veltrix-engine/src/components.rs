@@ -474,8 +474,9 @@ impl Running {
         (queues, pipelines, sinks)
     }
 
-    /// For the startup banner: each pipeline's queues and sink description (with routes:
-    /// each route's sink and condition, then the pipeline's sink for the rest).
+    /// For the startup banner: each pipeline's queues and where its events go (with routes:
+    /// each route's sink and condition, then the pipeline's sink for the rest; with an
+    /// aggregate: its `into` queue).
     pub(crate) fn describe_pipelines(&self) -> Vec<(String, String, String)> {
         let Some(config) = &self.config else {
             return Vec::new();
@@ -485,7 +486,10 @@ impl Running {
             .iter()
             .map(|(name, p)| {
                 let sink = self.sinks[&p.sink].sink.describe();
-                let sinks = if p.routes.is_empty() {
+                let sinks = if let Some(ProcessorConfig::Aggregate(a)) = p.processors.last() {
+                    // Every event is consumed: what comes out goes to a queue, not the sink.
+                    format!("aggregate `{}` into queue {}", a.event_type, a.into)
+                } else if p.routes.is_empty() {
                     sink
                 } else {
                     let mut parts: Vec<String> = p

@@ -560,9 +560,12 @@ fn process(
     shared.add_busy(processed);
 }
 
+/// Lines `first..last` of a part.
+type Lines = (usize, usize);
+
 /// The line ranges of each sink write of a part: at most `max_events` lines and `max_bytes`
 /// bytes each (a line larger than `max_bytes` alone).
-fn chunks(ends: &[usize], max_events: usize, max_bytes: usize) -> Vec<(usize, usize)> {
+fn chunks(ends: &[usize], max_events: usize, max_bytes: usize) -> Vec<Lines> {
     let mut out = Vec::new();
     let (mut first, mut first_byte) = (0, 0);
     for (i, &end) in ends.iter().enumerate() {
@@ -607,7 +610,7 @@ async fn flush(
         (b.max_events, b.max_bytes.bytes() as usize)
     });
     // Per sink: its part as shared bytes (sliced per write without copying) and the writes.
-    let parts: Vec<(usize, Bytes, Vec<(usize, usize)>)> = pending
+    let parts: Vec<(usize, Bytes, Vec<Lines>)> = pending
         .output
         .parts
         .iter_mut()

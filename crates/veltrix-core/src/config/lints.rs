@@ -428,12 +428,15 @@ fn shadowed_patterns(config: &Config, at: &Locations, out: &mut Vec<Diagnostic>)
 
 fn unreachable_pipelines(config: &Config, at: &Locations, out: &mut Vec<Diagnostic>) {
     for (name, pipeline) in &config.pipelines {
+        // A queue a pipeline writes into (an aggregate's `into`) is reached that way.
+        let outputs = pipeline_outputs(config);
         let all_unreachable = !pipeline.from.is_empty()
             && pipeline.from.iter().all(|q| {
-                config
-                    .queues
-                    .get_index_of(q)
-                    .is_some_and(|i| unreachable(config, i))
+                !outputs.iter().any(|o| o.queue == q)
+                    && config
+                        .queues
+                        .get_index_of(q)
+                        .is_some_and(|i| unreachable(config, i))
             });
         if all_unreachable {
             out.push(

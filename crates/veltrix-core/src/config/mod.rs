@@ -1749,7 +1749,11 @@ impl Decoder<'_> {
                     .iter()
                     .any(|(_, q)| q.types.iter().any(|e| lints::covers(e, pattern)))
             };
-            if !queue.types.is_empty() && queue.types.iter().all(shadowed) {
+            // A queue a pipeline writes into (an aggregate's `into`) receives events that way.
+            let fed = lints::pipeline_outputs(config)
+                .iter()
+                .any(|o| o.queue == name.as_str());
+            if !queue.types.is_empty() && queue.types.iter().all(shadowed) && !fed {
                 self.warning_coded(
                     codes::QUEUE_UNREACHABLE,
                     types_span.clone(),

@@ -1094,3 +1094,35 @@ fn a_pipeline_ending_in_an_aggregate_takes_no_routes() {
         );
     check_error(&src, 9, 10, "ends with an aggregate");
 }
+
+#[test]
+fn a_queue_fed_by_an_aggregate_is_not_unreachable() {
+    // `stats` comes after the catch-all `games`: no ingested event reaches it, but the
+    // aggregate does, and so does pipeline `board`.
+    let src = AGGREGATING
+        .replace("types = [\"game.*\"]", "types = [\"*\"]")
+        .replace(
+            "AGGREGATE",
+            "{ type = \"aggregate\", into = \"stats\", event_type = \"t\" }",
+        );
+    let loaded = valid(&src);
+    let codes: Vec<_> = loaded.warnings.iter().map(|w| w.code).collect();
+    assert!(
+        !codes.contains(&Some(codes::QUEUE_UNREACHABLE))
+            && !codes.contains(&Some(codes::PIPELINE_UNREACHABLE)),
+        "{}",
+        render(&loaded.warnings)
+    );
+    // Without the aggregate, both warnings are there.
+    let src = src.replace(
+        "processors = [{ type = \"aggregate\", into = \"stats\", event_type = \"t\" }]",
+        "",
+    );
+    let loaded = valid(&src);
+    let codes: Vec<_> = loaded.warnings.iter().map(|w| w.code).collect();
+    assert!(codes.contains(&Some(codes::QUEUE_UNREACHABLE)), "{codes:?}");
+    assert!(
+        codes.contains(&Some(codes::PIPELINE_UNREACHABLE)),
+        "{codes:?}"
+    );
+}

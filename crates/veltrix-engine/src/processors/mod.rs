@@ -738,3 +738,170 @@ impl Chain {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use veltrix_core::config::parse_str_with_env;
+
+    use super::*;
+
+    /// The chain of pipeline `p` whose processors and routes are `lines`, on a frozen clock.
+    fn chain(lines: &str) -> (Chain, Scratch, Output) {
+        let src = format!(
+            "[queues.q]\ntypes = [\"*\"]\n[queues.r]\ntypes = [\"r\"]\n[pipelines.p]\nfrom = [\"q\"]\nsink = \"a\"\n{lines}\n[sinks.a]\ntype = \"blackhole\"\n[sinks.b]\ntype = \"blackhole\"\n"
+        );
+        let config = match parse_str_with_env(&src, "t.toml", 2, &|_| None) {
+            Ok(loaded) => loaded.config,
+            Err(d) => panic!("{}", d.iter().map(ToString::to_string).collect::<String>()),
+        };
+        let clock = Arc::new(FrozenClock {
+            wall_micros: 1_000_000_000,
+        });
+        let chain = Chain::new("p", &config.pipelines["p"], &Plugins::new(), clock).unwrap();
+        let scratch = chain.scratch();
+        let output = Output::new(chain.sinks());
+        (chain, scratch, output)
+    }
+
+    fn apply(
+        chain: &Chain,
+        scratch: &mut Scratch,
+        out: &mut Output,
+        index: u32,
+        json: &str,
+    ) -> Outcome {
+        let input = Input {
+            body: json.as_bytes(),
+            index,
+            ack: Some(HeldAck {
+                input: 0,
+                offset: u64::from(index),
+            }),
+        };
+        chain.apply(&input, scratch, out)
+    }
+
+    fn event(id: &str, ty: &str, data: &str) -> String {
+        format!(r#"{{"specversion":"1.0","id":"{id}","source":"/s","type":"{ty}","data":{data}}}"#)
+    }
+
+    #[test]
+    fn routes_put_each_event_in_its_sinks_part_with_its_owner() {
+        let (chain, mut scratch, mut out) =
+            chain("routes = [{ condition = '.type == \"paid\"', sink = \"b\" }]");
+        assert_eq!(chain.sinks(), 2);
+        for (i, ty) in ["created", "paid", "created"].into_iter().enumerate() {
+            let outcome = apply(
+                &chain,
+                &mut scratch,
+                &mut out,
+                i as u32,
+                &event("x", ty, "1"),
+            );
+            assert_eq!(outcome, Outcome::Emitted(1));
+        }
+        assert_eq!(out.parts[0].owners, [0, 2]);
+        assert_eq!(out.parts[1].owners, [1]);
+        assert_eq!(out.parts[1].lines(), 1);
+        assert!(
+            out.parts[1]
+                .ndjson
+                .ends_with(b"\"type\":\"paid\",\"data\":1}\n")
+        );
+    }
+
+    #[test]
+    fn a_failing_event_takes_back_its_output_and_forgets_its_dedupe_key() {
+        let (chain, mut scratch, mut out) = chain(
+            "processors = [{ type = \"dedupe\", key = '.id' }, { type = \"remap\", source = '.data.n = int!(.data.n)' }]",
+        );
+        let ok = apply(
+            &chain,
+            &mut scratch,
+            &mut out,
+            0,
+            &event("1", "t", r#"{"n":1}"#),
+        );
+        assert_eq!(ok, Outcome::Emitted(1));
+        let bytes = out.bytes();
+        let bad = apply(
+            &chain,
+            &mut scratch,
+            &mut out,
+            1,
+            &event("2", "t", r#"{"n":"x"}"#),
+        );
+        assert!(
+            matches!(&bad, Outcome::DeadLetter { reason: "processing failed", error } if error.starts_with("processor 1 (remap)")),
+            "{bad:?}"
+        );
+        assert_eq!(out.bytes(), bytes, "nothing of the failed event stays");
+        // Its key was forgotten: the replay is no duplicate; the delivered one's key is kept.
+        let replay = apply(
+            &chain,
+            &mut scratch,
+            &mut out,
+            2,
+            &event("2", "t", r#"{"n":2}"#),
+        );
+        assert_eq!(replay, Outcome::Emitted(1));
+        let repeat = apply(
+            &chain,
+            &mut scratch,
+            &mut out,
+            3,
+            &event("1", "t", r#"{"n":1}"#),
+        );
+        assert_eq!(repeat, Outcome::Filtered { by: Some(0) });
+        // A delivery that failed for good forgets the keys of its records too.
+        chain.settle(&mut scratch, |record| record == 2);
+        let again = apply(
+            &chain,
+            &mut scratch,
+            &mut out,
+            4,
+            &event("2", "t", r#"{"n":2}"#),
+        );
+        assert_eq!(again, Outcome::Emitted(1));
+    }
+
+    #[test]
+    fn an_aggregate_dead_letters_what_it_cannot_count() {
+        let (chain, mut scratch, mut out) = chain(
+            "processors = [{ type = \"aggregate\", key = '.data.k', fields = { n = '.data.n' }, into = \"r\", event_type = \"t\", max_keys = 2 }]",
+        );
+        let mut at = 0;
+        let mut run = |data: &str| {
+            at += 1;
+            apply(&chain, &mut scratch, &mut out, at, &event("e", "t", data))
+        };
+        assert_eq!(run(r#"{"k":"a","n":1}"#), Outcome::Aggregated);
+        assert_eq!(
+            run(r#"{"k":"b"}"#),
+            Outcome::Aggregated,
+            "a missing field is skipped"
+        );
+        let dead = |o: Outcome| match o {
+            Outcome::DeadLetter { error, .. } => error,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            dead(run(r#"{"k":"a","n":"many"}"#)),
+            "processor 0 (aggregate): aggregate field `n` must be a number, found string"
+        );
+        assert_eq!(
+            dead(run(r#"{"k":"c","n":1}"#)),
+            "processor 0 (aggregate): the window already holds max_keys keys; key \"c\" is new"
+        );
+        let long = format!(r#"{{"k":"{}"}}"#, "x".repeat(2000));
+        assert!(dead(run(&long)).contains("more than 1024"));
+        assert_eq!(run(r#"{"k":"a","n":2}"#), Outcome::Aggregated);
+        let closed = chain.aggregate().unwrap().take_closed(u64::MAX);
+        assert_eq!(closed.len(), 1);
+        let offsets: Vec<u64> = closed[0].held.iter().map(|h| h.offset).collect();
+        assert_eq!(offsets, [1, 2, 6], "only what was counted is held");
+        let a: serde_json::Value = serde_json::from_slice(&closed[0].events[0]).unwrap();
+        assert_eq!(a["data"]["count"], 2);
+        assert_eq!(a["data"]["n"]["sum"], 3);
+    }
+}
