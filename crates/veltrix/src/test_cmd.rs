@@ -135,7 +135,7 @@ fn render_failure(out: &mut String, outcome: &TestOutcome) {
     let _ = writeln!(out, "        what happened:");
     for r in &outcome.results {
         let what = match &r.outcome {
-            EventOutcome::Delivered { event, sink } => format!("delivered to {sink} {event}"),
+            EventOutcome::Delivered { event, sink } => format!("delivered {event} (sink {sink})"),
             EventOutcome::Filtered => "filtered".to_owned(),
             EventOutcome::Dropped(by) => format!("dropped by {by}"),
             EventOutcome::Aggregated => "aggregated".to_owned(),
