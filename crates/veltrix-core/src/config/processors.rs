@@ -217,7 +217,9 @@ pub(super) const THROTTLE_RATE_MAX: i64 = 1_000_000_000;
 pub(super) const AGGREGATE_WINDOW_MIN: Duration = Duration::from_secs(1);
 pub(super) const AGGREGATE_WINDOW_MAX: Duration = Duration::from_secs(24 * 3600);
 pub(super) const AGGREGATE_FIELDS_MAX: usize = 64;
-pub(super) const BATCH_MAX_EVENTS_MAX: i64 = 1_000_000;
+/// A batch's events stay unacknowledged until it is delivered: at most a queue cursor's
+/// in-flight bound.
+pub(super) const BATCH_MAX_EVENTS_MAX: i64 = 100_000;
 pub(super) const BATCH_MAX_BYTES_MIN: u64 = ByteSize::KIB;
 pub(super) const BATCH_MAX_BYTES_MAX: u64 = 256 * ByteSize::MIB;
 pub(super) const BATCH_MAX_WAIT_MAX: Duration = Duration::from_secs(300);

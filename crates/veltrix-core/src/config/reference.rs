@@ -605,7 +605,8 @@ pub fn reference() -> Vec<SectionDoc> {
                     "integer",
                     value(DEFAULT_BATCH_MAX_EVENTS.to_string()),
                     format!("1 to {BATCH_MAX_EVENTS_MAX}"),
-                    "`batch`: most events per sink write.",
+                    "`batch`: most events per sink write (they stay unacknowledged until it is \
+                     written, so at most a queue cursor's in-flight bound).",
                 ),
                 key(
                     "max_bytes",

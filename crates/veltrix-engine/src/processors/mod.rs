@@ -544,10 +544,15 @@ impl Chain {
                     scratch.counts[i][EVICTED] += decision.evicted;
                     if !decision.allowed && *when_exceeded == WhenExceeded::DeadLetter {
                         scratch.counts[i][DROPPED] += 1;
-                        let key = String::from_utf8_lossy(&scratch.key);
+                        let key = match key {
+                            Some(_) => {
+                                format!(" for key {}", String::from_utf8_lossy(&scratch.key))
+                            }
+                            None => String::new(),
+                        };
                         return Err(Failed {
                             reason: "throttled",
-                            error: format!("{}: over {limit} for key {key}", what()),
+                            error: format!("{}: over {limit}{key}", what()),
                         });
                     }
                     decision.allowed
