@@ -75,6 +75,14 @@ pub type Filter = Expr<FilterKind>;
 /// A compiled remap program: it modifies the event in place.
 pub type Remap = Expr<RemapKind>;
 
+/// Marks an expression evaluated for its value (a key, an aggregated field).
+#[derive(Debug, Clone, Copy)]
+pub struct ValueKind;
+
+/// A compiled read-only expression whose result is used: the key of a dedupe, throttle, sample
+/// or aggregate processor (`.data.player`), or a field an aggregate sums (`.data.points`).
+pub type ValueExpr = Expr<ValueKind>;
+
 impl<K> Expr<K> {
     fn new(source: &str, program: Program, warnings: Vec<ExprDiagnostic>) -> Self {
         Expr {
@@ -157,6 +165,20 @@ impl Expr<RemapKind> {
     /// modified.
     pub fn run(&self, runtime: &mut Runtime, event: &mut Value) -> Result<(), RunError> {
         runtime.resolve(&self.program, event).map(drop)
+    }
+}
+
+impl Expr<ValueKind> {
+    /// Compiles an expression evaluated for its value. It must not modify the event; any result
+    /// type is accepted (a missing field gives `null`).
+    pub fn compile(source: &str) -> Result<ValueExpr, Vec<ExprDiagnostic>> {
+        let (program, warnings) = compile(source, true)?;
+        Ok(ValueExpr::new(source, program, warnings))
+    }
+
+    /// The expression's value on `event` (which it does not modify).
+    pub fn run(&self, runtime: &mut Runtime, event: &mut Value) -> Result<Value, RunError> {
+        runtime.resolve(&self.program, event)
     }
 }
 
@@ -617,5 +639,26 @@ mod tests {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Filter>();
         assert_send_sync::<Remap>();
+        assert_send_sync::<ValueExpr>();
+    }
+
+    #[test]
+    fn value_expressions_return_any_value_and_are_read_only() {
+        let key = ValueExpr::compile(".data.qty").unwrap();
+        let mut rt = Runtime::new();
+        let mut value = event_to_value(&event(PAYMENT)).unwrap();
+        assert_eq!(key.run(&mut rt, &mut value), Ok(Value::Integer(3)));
+        let missing = ValueExpr::compile(".data.nothing").unwrap();
+        assert_eq!(missing.run(&mut rt, &mut value), Ok(Value::Null));
+        let composite = ValueExpr::compile(r#"[.source, .type]"#).unwrap();
+        assert_eq!(
+            composite.run(&mut rt, &mut value),
+            Ok(Value::Array(vec![
+                Value::from("/shop"),
+                Value::from("payment.made")
+            ]))
+        );
+        let writes = ValueExpr::compile(".x = 1").unwrap_err();
+        assert!(writes[0].message.contains("read-only"), "{writes:?}");
     }
 }

@@ -6,12 +6,12 @@
 //! processor chain ([`Pipeline`]: what a worker runs per record) and the http sink's body
 //! ([`http_sink_body`]). Nothing here is used by the engine itself.
 
+use std::sync::Arc;
 use veltrix_core::config::{PipelineConfig, Router};
 use veltrix_core::event::{self, DecodeError};
-use veltrix_core::expr::Runtime;
 
 pub use crate::ingest::QueueRecords;
-use crate::processors::{Chain, Outcome};
+use crate::processors::{Chain, Input, Outcome, Output, Scratch, SystemClock};
 use crate::record;
 
 /// Ingest's pure part for one request body: `decode_body`, routing, and the stored form of every
@@ -39,31 +39,53 @@ pub fn store(event: &event::Event, accepted_at: u64, out: &mut Vec<u8>) {
     event.to_json_bytes(out);
 }
 
-/// A pipeline's processor chain with a worker's VRL runtime.
+/// A pipeline's processor chain with a worker's scratch space (VRL runtime included).
 pub struct Pipeline {
     chain: Chain,
-    runtime: Runtime,
+    scratch: Scratch,
+    output: Output,
 }
 
 impl Pipeline {
     /// The chain a worker of `pipeline` runs.
     pub fn new(pipeline: &PipelineConfig) -> Pipeline {
+        let chain = Chain::new(
+            "bench",
+            pipeline,
+            &crate::handler::Plugins::new(),
+            Arc::new(SystemClock),
+        )
+        .expect("built-in processors always build");
         Pipeline {
-            chain: Chain::new(&pipeline.processors, &crate::handler::Plugins::new())
-                .expect("built-in processors always build"),
-            runtime: Runtime::new(),
+            scratch: chain.scratch(),
+            output: Output::new(chain.sinks()),
+            chain,
         }
     }
 
     /// Runs the chain on one stored record (prefix + JSON) as a worker does, appending the
-    /// delivered NDJSON line to `out`. `Ok(true)`: emitted; `Ok(false)`: filtered; `Err`: the
-    /// event would be dead-lettered, with why.
+    /// delivered NDJSON line to `out` (the first sink's part). `Ok(true)`: emitted;
+    /// `Ok(false)`: dropped; `Err`: the event would be dead-lettered, with why.
     pub fn apply(&mut self, stored: &[u8], out: &mut Vec<u8>) -> Result<bool, String> {
         let (_, body) = record::split(stored);
-        match self.chain.apply(body, &mut self.runtime, out) {
+        let input = Input {
+            body,
+            index: 0,
+            ack: None,
+        };
+        // The caller's buffer is the part for the duration of the call: no copy.
+        let part = &mut self.output.parts[0];
+        std::mem::swap(&mut part.ndjson, out);
+        part.ends.clear();
+        part.owners.clear();
+        let outcome = self
+            .chain
+            .apply(&input, &mut self.scratch, &mut self.output);
+        std::mem::swap(&mut self.output.parts[0].ndjson, out);
+        match outcome {
             Outcome::Emitted(_) => Ok(true),
-            Outcome::Filtered => Ok(false),
-            Outcome::Failed(why) => Err(why),
+            Outcome::Filtered { .. } | Outcome::Aggregated => Ok(false),
+            Outcome::DeadLetter { error, .. } => Err(error),
         }
     }
 }

@@ -15,15 +15,17 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::watch;
-use veltrix_core::config::{Config, PipelineConfig, Router as TypeRouter, SinkConfig};
+use veltrix_core::config::{
+    Config, PipelineConfig, ProcessorConfig, Router as TypeRouter, SinkConfig,
+};
 use veltrix_log::{Log, LogOptions};
 
 use crate::deadletter::DeadLetters;
 use crate::engine::EngineError;
 use crate::handler::{Plugins, Sink};
 use crate::live::{Live, Routing};
-use crate::pipeline::{Input, Pipeline, Setup};
-use crate::processors::Chain;
+use crate::pipeline::{Input, Pipeline, Setup, SinkTarget};
+use crate::processors::{Chain, SystemClock};
 use crate::queues::{self, Queue};
 use crate::sink;
 use crate::stats::{PipelineCounters, PipelineInfo, QueueInfo, SinkCounters, SinkInfo};
@@ -133,7 +135,7 @@ impl Running {
         &mut self,
         new: &Config,
         force: bool,
-        live: &Live,
+        live: &Arc<Live>,
     ) -> Result<Changes, EngineError> {
         let empty = Config {
             queues: Default::default(),
@@ -179,11 +181,14 @@ impl Running {
                 )));
             }
         }
-        // A pipeline restarts when its own settings, a queue it reads, or its sink changed.
+        // A pipeline restarts when its own settings, a queue it reads, or one of its sinks
+        // changed.
         let restarts = |name: &str, p: &PipelineConfig| {
             old.pipelines.get(name) != Some(p)
                 || p.from.iter().any(|q| queue_delta.changed.contains(q))
-                || sink_delta.changed.contains(&p.sink)
+                || p.sinks()
+                    .iter()
+                    .any(|s| sink_delta.changed.iter().any(|c| c == s))
         };
         let mut pipeline_delta = Delta::default();
         for (name, p) in &new.pipelines {
@@ -290,7 +295,7 @@ impl Running {
                 .get(name)
                 .filter(|d| d.name == p.dead_letter)
                 .map(|d| d.log.clone());
-            let running = self.start_pipeline(new, name, p, reused)?;
+            let running = self.start_pipeline(new, name, p, reused, live)?;
             self.pipelines.insert(name.clone(), running);
         }
         live.set_dead_letters(
@@ -317,6 +322,7 @@ impl Running {
         name: &str,
         p: &PipelineConfig,
         dlq_log: Option<Log>,
+        live: &Arc<Live>,
     ) -> Result<RunningPipeline, EngineError> {
         let mut inputs = Vec::new();
         for queue_name in &p.from {
@@ -357,28 +363,45 @@ impl Running {
             }
         };
         let chain =
-            Chain::new(&p.processors, &self.plugins).map_err(|message| EngineError::Processor {
-                pipeline: name.to_owned(),
-                message,
+            Chain::new(name, p, &self.plugins, Arc::new(SystemClock)).map_err(|message| {
+                EngineError::Processor {
+                    pipeline: name.to_owned(),
+                    message,
+                }
             })?;
         let dead_letters = Arc::new(DeadLetters::new(&p.dead_letter, name, &p.sink, dlq_log));
-        let sink = &self.sinks[&p.sink];
-        let counters = Arc::new(PipelineCounters::default());
+        let sinks: Vec<SinkTarget> = p
+            .sinks()
+            .into_iter()
+            .map(|s| {
+                let running = &self.sinks[s];
+                SinkTarget {
+                    name: s.to_owned(),
+                    sink: running.sink.clone(),
+                    counters: running.counters.clone(),
+                }
+            })
+            .collect();
+        let counters = Arc::new(PipelineCounters::with_sinks(sinks.len()));
+        let batch = p.processors.iter().find_map(|p| match p {
+            ProcessorConfig::Batch(b) => Some(*b),
+            _ => None,
+        });
         let (stop, stop_rx) = watch::channel(false);
         let pipeline = Pipeline::start(
             Setup {
                 name: name.to_owned(),
                 inputs,
                 chain,
-                sink_name: p.sink.clone(),
-                sink: sink.sink.clone(),
+                sinks,
                 dead_letters: dead_letters.clone(),
                 workers: p.workers,
                 batch_events_max: p.batch_events_max,
+                batch,
                 starvation_max: p.starvation_max,
                 retry: p.retry,
                 counters: counters.clone(),
-                sink_counters: sink.counters.clone(),
+                live: live.clone(),
             },
             &stop_rx,
         );
@@ -416,6 +439,12 @@ impl Running {
                     name: name.clone(),
                     from: p.from.clone(),
                     sink: p.sink.clone(),
+                    sinks: p.sinks().into_iter().map(str::to_owned).collect(),
+                    routes: p
+                        .routes
+                        .iter()
+                        .map(|r| (r.condition.source().to_owned(), r.sink.clone()))
+                        .collect(),
                     workers: p.workers,
                     dead_letters: running.dead_letters.clone(),
                     counters: running.counters.clone(),
@@ -449,7 +478,9 @@ impl Running {
         (queues, pipelines, sinks)
     }
 
-    /// For the startup banner: each pipeline's queues and sink description.
+    /// For the startup banner: each pipeline's queues and where its events go (with routes:
+    /// each route's sink and condition, then the pipeline's sink for the rest; with an
+    /// aggregate: its `into` queue).
     pub(crate) fn describe_pipelines(&self) -> Vec<(String, String, String)> {
         let Some(config) = &self.config else {
             return Vec::new();
@@ -458,11 +489,28 @@ impl Running {
             .pipelines
             .iter()
             .map(|(name, p)| {
-                (
-                    name.clone(),
-                    p.from.join(", "),
-                    self.sinks[&p.sink].sink.describe(),
-                )
+                let sink = self.sinks[&p.sink].sink.describe();
+                let sinks = if let Some(ProcessorConfig::Aggregate(a)) = p.processors.last() {
+                    // Every event is consumed: what comes out goes to a queue, not the sink.
+                    format!("aggregate `{}` into queue {}", a.event_type, a.into)
+                } else if p.routes.is_empty() {
+                    sink
+                } else {
+                    let mut parts: Vec<String> = p
+                        .routes
+                        .iter()
+                        .map(|r| {
+                            format!(
+                                "{} if `{}`",
+                                self.sinks[&r.sink].sink.describe(),
+                                r.condition.source()
+                            )
+                        })
+                        .collect();
+                    parts.push(format!("else {sink}"));
+                    parts.join("; ")
+                };
+                (name.clone(), p.from.join(", "), sinks)
             })
             .collect()
     }

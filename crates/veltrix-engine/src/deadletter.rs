@@ -32,6 +32,9 @@ pub(crate) struct Failure<'a> {
     pub(crate) last_error: &'a str,
     pub(crate) first_attempt_micros: u64,
     pub(crate) last_attempt_micros: u64,
+    /// The sink that failed (a pipeline with routes has several); `None`: the pipeline's
+    /// `sink` (a processing failure never reached one).
+    pub(crate) sink: Option<&'a str>,
 }
 
 /// One pipeline's dead-letter queue.
@@ -76,7 +79,7 @@ impl DeadLetters {
             "event": event,
             "queue": queue,
             "pipeline": self.pipeline,
-            "sink": self.sink,
+            "sink": failure.sink.unwrap_or(&self.sink),
             "reason": failure.reason,
             "attempts": failure.attempts,
             "last_error": failure.last_error,

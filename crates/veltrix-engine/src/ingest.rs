@@ -338,6 +338,43 @@ pub(crate) async fn store(live: &Live, events: &[event::Event]) -> Result<Accept
     })
 }
 
+/// Appends stored records straight into `queue`, without routing (an aggregate's derived
+/// events into its `into` queue), returning once they are as durable as the queue promises.
+/// The queue's `when_full` applies as in [`store`]: a full backpressure queue refuses
+/// (`StoreError::Full`: retry later), `drop_newest` drops them (counted), `drop_oldest` makes
+/// room.
+pub(crate) async fn append_to(queue: &Queue, records: &[&[u8]]) -> Result<Accepted, StoreError> {
+    if records.is_empty() {
+        return Ok(Accepted {
+            accepted: 0,
+            dropped: 0,
+        });
+    }
+    if let Err(e) = make_room(queue, records) {
+        if !matches!(e, veltrix_log::Error::Full(_)) || queue.when_full == WhenFull::Backpressure {
+            return Err(append_error(&queue.name, e));
+        }
+        queue
+            .counters
+            .dropped
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        count_drop(&queue.name, "queue_full", records.len() as u64, &e);
+        return Ok(Accepted {
+            accepted: 0,
+            dropped: records.len(),
+        });
+    }
+    let ticket = queue
+        .log
+        .append_batch(records)
+        .map_err(|e| append_error(&queue.name, e))?;
+    ticket.await.map_err(|e| append_error(&queue.name, e))?;
+    Ok(Accepted {
+        accepted: records.len(),
+        dropped: 0,
+    })
+}
+
 fn unroutable_problem(unroutable: Vec<EventProblem>) -> Problem {
     Problem::new(
         StatusCode::UNPROCESSABLE_ENTITY,

@@ -49,8 +49,13 @@ pub(crate) struct QueueCounters {
 /// Counters of one pipeline.
 pub(crate) struct PipelineCounters {
     pub(crate) delivered: AtomicU64,
+    /// Dropped by a processor (filter, dedupe, throttle, sample, custom).
     pub(crate) filtered: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    /// Consumed by an aggregate.
+    pub(crate) aggregated: AtomicU64,
+    /// Delivered per sink, in the order of `PipelineConfig::sinks` (empty: not tracked).
+    delivered_by_sink: Vec<AtomicU64>,
     pub(crate) retries: AtomicU64,
     /// Worker time spent processing and delivering (not waiting for input or backing off).
     pub(crate) busy_micros: AtomicU64,
@@ -64,6 +69,8 @@ impl Default for PipelineCounters {
             delivered: AtomicU64::new(0),
             filtered: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
+            aggregated: AtomicU64::new(0),
+            delivered_by_sink: Vec::new(),
             retries: AtomicU64::new(0),
             busy_micros: AtomicU64::new(0),
             latency: Mutex::new(histogram()),
@@ -72,6 +79,21 @@ impl Default for PipelineCounters {
 }
 
 impl PipelineCounters {
+    /// Counters for a pipeline writing to `sinks` sinks.
+    pub(crate) fn with_sinks(sinks: usize) -> PipelineCounters {
+        PipelineCounters {
+            delivered_by_sink: (0..sinks).map(|_| AtomicU64::new(0)).collect(),
+            ..PipelineCounters::default()
+        }
+    }
+
+    /// Counts `n` events delivered to the pipeline's sink number `sink`.
+    pub(crate) fn add_sink_delivered(&self, sink: usize, n: u64) {
+        if let Some(counter) = self.delivered_by_sink.get(sink) {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// Records the end-to-end latency of every event of a delivered batch (one lock per batch).
     pub(crate) fn record_latencies(&self, accepted_micros: impl Iterator<Item = u64>) {
         let now = record::now_micros();
@@ -127,7 +149,12 @@ pub(crate) struct QueueInfo {
 pub(crate) struct PipelineInfo {
     pub(crate) name: String,
     pub(crate) from: Vec<String>,
+    /// The pipeline's `sink` (what no route takes).
     pub(crate) sink: String,
+    /// Every sink it writes to: `sink` first, then the routes' sinks.
+    pub(crate) sinks: Vec<String>,
+    /// Its routes: (condition, sink), in order.
+    pub(crate) routes: Vec<(String, String)>,
     pub(crate) workers: usize,
     pub(crate) dead_letters: Arc<DeadLetters>,
     pub(crate) counters: Arc<PipelineCounters>,
@@ -366,10 +393,24 @@ impl Registry {
                 let dlq_depth = p.dead_letters.log.inspect().backlog_records;
                 metrics::gauge!("veltrix_dlq_depth_events", "pipeline" => p.name.clone())
                     .set(dlq_depth as f64);
+                let by_sink: serde_json::Map<String, Value> = p
+                    .sinks
+                    .iter()
+                    .zip(&p.counters.delivered_by_sink)
+                    .map(|(s, n)| (s.clone(), json!(n.load(Ordering::Relaxed))))
+                    .collect();
+                let routes: Vec<Value> = p
+                    .routes
+                    .iter()
+                    .map(|(condition, sink)| json!({"condition": condition, "sink": sink}))
+                    .collect();
                 json!({
                     "name": p.name, "from": p.from, "sink": p.sink, "workers": p.workers,
+                    "sinks": p.sinks, "routes": routes,
                     "delivered_total": p.counters.delivered.load(Ordering::Relaxed),
+                    "delivered_by_sink": by_sink,
                     "filtered_total": p.counters.filtered.load(Ordering::Relaxed),
+                    "aggregated_total": p.counters.aggregated.load(Ordering::Relaxed),
                     "dead_lettered_total": p.counters.dead_lettered.load(Ordering::Relaxed),
                     "retries_total": p.counters.retries.load(Ordering::Relaxed),
                     "dlq_depth_events": dlq_depth,
@@ -541,7 +582,32 @@ pub(crate) fn describe_metrics() {
     describe_counter!(
         "veltrix_pipeline_events_total",
         Unit::Count,
-        "Events a pipeline handled, by outcome: delivered, filtered, dead_lettered, and retried (each retry of a batch counts its events)."
+        "Events a pipeline handled, by outcome: delivered, filtered (dropped by any processor), aggregated (consumed by an aggregate), dead_lettered, and retried (each retry of a batch counts its events)."
+    );
+    describe_counter!(
+        "veltrix_pipeline_sink_events_total",
+        Unit::Count,
+        "Events a pipeline handed each of its sinks (the pipeline's sink and its routes' sinks), by outcome: delivered, dead_lettered."
+    );
+    describe_counter!(
+        "veltrix_processor_events_total",
+        Unit::Count,
+        "Events each processor of a pipeline handled (processor = index in `processors`), by outcome: passed, failed, or the type's drop (filtered, deduplicated, throttled, sampled_out, aggregated, dropped)."
+    );
+    describe_counter!(
+        "veltrix_processor_keys_evicted_total",
+        Unit::Count,
+        "Keys a dedupe or throttle processor forgot early to stay within max_keys (an evicted key can pass again within its window)."
+    );
+    describe_gauge!(
+        "veltrix_processor_keys",
+        Unit::Count,
+        "Keys a dedupe, throttle or aggregate processor holds (bounded by its max_keys)."
+    );
+    describe_counter!(
+        "veltrix_processor_emitted_events_total",
+        Unit::Count,
+        "Derived events an aggregate processor appended to its `into` queue."
     );
     describe_counter!(
         "veltrix_pipeline_retries_total",

@@ -9,27 +9,44 @@
 //! fails on is what the pipeline would dead-letter.
 //!
 //! Every outcome is compared: the delivered events with `expect` (in order and in number, each
-//! a subset match: objects recursively, arrays and scalars exactly, `1` equal to `1.0`) and the
-//! dead-lettered events with `expect_dead_letter`.
+//! a subset match: objects recursively, arrays and scalars exactly, `1` equal to `1.0`) and
+//! their sinks with `expect_sinks`, the dead-lettered events with `expect_dead_letter`, and the
+//! derived events of an aggregate with `expect_emitted`.
+//!
+//! Determinism: a test runs on a frozen clock ([`TEST_CLOCK_MICROS`], 2000-01-01T00:00:00Z) with
+//! fresh processor state, so a throttle lets exactly its `burst` through, a dedupe drops every
+//! repeat, samples hash as they do in production, and every input falls in one aggregate
+//! window; when the inputs are done every open window closes, and what it emits is compared
+//! with `expect_emitted`.
 
 use std::fmt;
 
+use std::sync::Arc;
+
 use serde_json::Value as Json;
-use veltrix_core::config::{Config, ConfigTest, DeadLetterExpectation, Location, Router};
+use veltrix_core::config::{
+    Config, ConfigTest, DeadLetterExpectation, Location, PipelineConfig, ProcessorConfig, Router,
+};
 use veltrix_core::event::{self, DecodeError, Event};
-use veltrix_core::expr::Runtime;
 
 use crate::handler::Plugins;
-use crate::processors::{Chain, Outcome};
+use crate::processors::{Chain, FrozenClock, Input, Outcome, Output, Scratch};
 use crate::record;
+
+/// The instant config tests run at: 2000-01-01T00:00:00Z, in µs since the Unix epoch.
+pub const TEST_CLOCK_MICROS: u64 = 946_684_800_000_000;
 
 /// What became of one input event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventOutcome {
-    /// The sink received this event (the NDJSON line, parsed).
-    Delivered(Json),
-    /// A filter dropped it.
+    /// `sink` received this event (the NDJSON line, parsed).
+    Delivered { event: Json, sink: String },
+    /// A filter (or a custom processor) dropped it.
     Filtered,
+    /// A dedupe, throttle or sample processor dropped it: which one ("processor 1 (dedupe)").
+    Dropped(String),
+    /// An aggregate consumed it (what the aggregate emits is in [`TestOutcome::emitted`]).
+    Aggregated,
     /// A processor failed on it: the pipeline would dead-letter it with this reason.
     DeadLettered(String),
     /// It never reaches the pipeline: no queue the pipeline reads takes its type, or ingest
@@ -90,6 +107,8 @@ pub struct TestOutcome {
     pub location: Location,
     /// Per input event, in order.
     pub results: Vec<InputResult>,
+    /// The derived events the pipeline's aggregate emitted when the test ended, in order.
+    pub emitted: Vec<Json>,
     /// Empty when the test passed.
     pub failures: Vec<Failure>,
 }
@@ -102,7 +121,7 @@ impl TestOutcome {
     /// The delivered events, in order.
     pub fn delivered(&self) -> impl Iterator<Item = &Json> {
         self.results.iter().filter_map(|r| match &r.outcome {
-            EventOutcome::Delivered(event) => Some(event),
+            EventOutcome::Delivered { event, .. } => Some(event),
             _ => None,
         })
     }
@@ -124,7 +143,10 @@ pub fn run_config_tests(config: &Config, plugins: &Plugins) -> Vec<TestOutcome> 
 /// If `test.pipeline` is not a pipeline of `config` (a loaded config's tests always name one).
 pub fn run_pipeline_test(config: &Config, test: &ConfigTest, plugins: &Plugins) -> TestOutcome {
     let pipeline = &config.pipelines[test.pipeline.as_str()];
-    let chain = match Chain::new(&pipeline.processors, plugins) {
+    let clock = Arc::new(FrozenClock {
+        wall_micros: TEST_CLOCK_MICROS,
+    });
+    let chain = match Chain::new(&test.pipeline, pipeline, plugins, clock) {
         Ok(chain) => chain,
         Err(why) => {
             return TestOutcome {
@@ -132,6 +154,7 @@ pub fn run_pipeline_test(config: &Config, test: &ConfigTest, plugins: &Plugins) 
                 pipeline: test.pipeline.clone(),
                 location: test.location.clone(),
                 results: Vec::new(),
+                emitted: Vec::new(),
                 failures: vec![Failure {
                     message: format!("the pipeline cannot start: {why}"),
                     mismatches: Vec::new(),
@@ -140,7 +163,7 @@ pub fn run_pipeline_test(config: &Config, test: &ConfigTest, plugins: &Plugins) 
         }
     };
     let router = Router::new(config);
-    let mut runtime = Runtime::new();
+    let mut scratch = chain.scratch();
     let mut results = Vec::with_capacity(test.input.len());
     for (index, input) in test.input.iter().enumerate() {
         let event = match decode(input) {
@@ -168,7 +191,7 @@ pub fn run_pipeline_test(config: &Config, test: &ConfigTest, plugins: &Plugins) 
                     test.pipeline
                 ))]
             }
-            Some(_) => process(&chain, &mut runtime, &event),
+            Some(_) => process(&chain, pipeline, &mut scratch, &event),
         };
         // A processor that splits an event delivers several: one result each.
         results.extend(outcomes.into_iter().map(|outcome| InputResult {
@@ -177,12 +200,22 @@ pub fn run_pipeline_test(config: &Config, test: &ConfigTest, plugins: &Plugins) 
             outcome,
         }));
     }
-    let failures = compare(test, &results);
+    // The test is over: every open window closes.
+    let emitted: Vec<Json> = chain
+        .aggregate()
+        .map(|a| a.take_closed(u64::MAX))
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|window| window.events)
+        .map(|e| serde_json::from_slice(&e).expect("a derived event is JSON"))
+        .collect();
+    let failures = compare(test, &results, &emitted);
     TestOutcome {
         name: test.name.clone(),
         pipeline: test.pipeline.clone(),
         location: test.location.clone(),
         results,
+        emitted,
         failures,
     }
 }
@@ -204,27 +237,65 @@ fn decode(input: &Json) -> Result<Event, String> {
 }
 
 /// Stores the event as ingest does and runs the chain on the record's body as a worker does.
-fn process(chain: &Chain, runtime: &mut Runtime, event: &Event) -> Vec<EventOutcome> {
+fn process(
+    chain: &Chain,
+    pipeline: &PipelineConfig,
+    scratch: &mut Scratch,
+    event: &Event,
+) -> Vec<EventOutcome> {
     let mut stored = Vec::new();
     record::begin(&mut stored, record::now_micros());
     event.to_json_bytes(&mut stored);
     let (_, body) = record::split(&stored);
-    let mut sink_batch = Vec::new();
-    match chain.apply(body, runtime, &mut sink_batch) {
-        Outcome::Emitted(_) => sink_batch
-            .split(|b| *b == b'\n')
-            .filter(|line| !line.is_empty())
-            .map(|line| match serde_json::from_slice(line) {
-                Ok(json) => EventOutcome::Delivered(json),
-                Err(e) => EventOutcome::DeadLettered(format!("the sink line is not JSON: {e}")),
-            })
-            .collect(),
-        Outcome::Filtered => vec![EventOutcome::Filtered],
-        Outcome::Failed(why) => vec![EventOutcome::DeadLettered(why)],
+    let mut output = Output::new(chain.sinks());
+    let input = Input {
+        body,
+        index: 0,
+        ack: None,
+    };
+    let outcome = chain.apply(&input, scratch, &mut output);
+    // Nothing is delivered for real: no dedupe key is forgotten after a delivery failure.
+    chain.settle(scratch, |_| false);
+    match outcome {
+        Outcome::Emitted(_) => {
+            let sinks = pipeline.sinks();
+            output
+                .parts
+                .iter()
+                .zip(sinks)
+                .flat_map(|(part, sink)| {
+                    part.ndjson
+                        .split(|b| *b == b'\n')
+                        .filter(|line| !line.is_empty())
+                        .map(move |line| match serde_json::from_slice(line) {
+                            Ok(event) => EventOutcome::Delivered {
+                                event,
+                                sink: sink.to_owned(),
+                            },
+                            Err(e) => EventOutcome::DeadLettered(format!(
+                                "the sink line is not JSON: {e}"
+                            )),
+                        })
+                })
+                .collect()
+        }
+        Outcome::Filtered { by } => {
+            let dropping = by.and_then(|i| pipeline.processors.get(i));
+            match dropping {
+                Some(
+                    ProcessorConfig::Dedupe(_)
+                    | ProcessorConfig::Throttle(_)
+                    | ProcessorConfig::Sample(_),
+                ) => vec![EventOutcome::Dropped(chain.describe(by.expect("some")))],
+                _ => vec![EventOutcome::Filtered],
+            }
+        }
+        Outcome::Aggregated => vec![EventOutcome::Aggregated],
+        Outcome::DeadLetter { error, .. } => vec![EventOutcome::DeadLettered(error)],
     }
 }
 
-fn compare(test: &ConfigTest, results: &[InputResult]) -> Vec<Failure> {
+fn compare(test: &ConfigTest, results: &[InputResult], emitted: &[Json]) -> Vec<Failure> {
     let mut failures = Vec::new();
     let failure = |message: String| Failure {
         message,
@@ -242,10 +313,47 @@ fn compare(test: &ConfigTest, results: &[InputResult]) -> Vec<Failure> {
     let delivered: Vec<(&InputResult, &Json)> = results
         .iter()
         .filter_map(|r| match &r.outcome {
-            EventOutcome::Delivered(json) => Some((r, json)),
+            EventOutcome::Delivered { event, .. } => Some((r, event)),
             _ => None,
         })
         .collect();
+    if let Some(expected) = &test.expect_sinks {
+        let sinks = results.iter().filter_map(|r| match &r.outcome {
+            EventOutcome::Delivered { sink, .. } => Some((r, sink)),
+            _ => None,
+        });
+        for (i, ((r, actual), expected)) in sinks.zip(expected).enumerate() {
+            if actual != expected {
+                failures.push(Failure {
+                    message: format!(
+                        "delivered event {i} (from input[{}], id {}) went to another sink",
+                        r.index, r.id
+                    ),
+                    mismatches: vec![Mismatch {
+                        path: "sink".to_owned(),
+                        expected: Json::String(expected.clone()),
+                        actual: Some(Json::String(actual.clone())),
+                    }],
+                });
+            }
+        }
+    }
+    if emitted.len() != test.expect_emitted.len() {
+        failures.push(failure(format!(
+            "expected {} emitted event(s), the pipeline's aggregate emitted {}",
+            test.expect_emitted.len(),
+            emitted.len()
+        )));
+    }
+    for (i, (expected, actual)) in test.expect_emitted.iter().zip(emitted).enumerate() {
+        let mismatches = subset_mismatches(expected, actual);
+        if !mismatches.is_empty() {
+            failures.push(Failure {
+                message: format!("emitted event {i} does not match expect_emitted[{i}]"),
+                mismatches,
+            });
+        }
+    }
     if delivered.len() != test.expect.len() {
         failures.push(failure(format!(
             "expected {} delivered event(s), the sink received {}",
@@ -577,5 +685,188 @@ type = "blackhole"
             "[[tests]]\nname = \"t\"\npipeline = \"rest\"\ninput = [{ type = \"user.created\", source = \"/u\", id = \"u\", data = { n = 1 } }]\nexpect = [{ data = { n = 1 } }]\n",
         );
         assert_eq!(outcome.failures, []);
+    }
+
+    const KEYED: &str = r#"
+[queues.games]
+types = ["game.*"]
+[queues.orders]
+types = ["order.*"]
+[queues.stats]
+types = ["*"]
+
+[pipelines.unique]
+from = ["games"]
+sink = "out"
+processors = [
+  { type = "dedupe", key = '.data.round' },
+  { type = "throttle", key = '.source', rate = 2, when_exceeded = "dead_letter" },
+]
+
+[pipelines.scores]
+from = ["games"]
+sink = "out"
+processors = [
+  { type = "sample", rate = 0.5, key = '.data.player' },
+  { type = "aggregate", key = '.data.player', window = "1m", fields = { points = '.data.points' }, into = "stats", event_type = "score.summed" },
+]
+
+[pipelines.orders]
+from = ["orders"]
+sink = "out"
+routes = [{ condition = '.type == "order.paid"', sink = "billing" }]
+
+[sinks.out]
+type = "blackhole"
+[sinks.billing]
+type = "blackhole"
+"#;
+
+    fn run_keyed(test: &str) -> TestOutcome {
+        let src = format!("{KEYED}{test}");
+        let config = match parse_str_with_env(&src, "t.toml", 2, &|_| None) {
+            Ok(loaded) => loaded.config,
+            Err(d) => panic!("{}", d.iter().map(ToString::to_string).collect::<String>()),
+        };
+        run_pipeline_test(&config, &config.tests[0], &Plugins::new())
+    }
+
+    fn game(id: &str, source: &str, round: u32, player: &str, points: i64) -> String {
+        format!(
+            "{{ type = \"game.scored\", source = \"{source}\", id = \"{id}\", data = {{ round = {round}, player = \"{player}\", points = {points} }} }}"
+        )
+    }
+
+    #[test]
+    fn dedupe_and_throttle_decide_the_same_way_on_every_run() {
+        let inputs = [
+            game("1", "/a", 1, "x", 0),
+            game("2", "/a", 1, "x", 0), // round 1 again: deduplicated
+            game("3", "/a", 2, "x", 0),
+            game("4", "/a", 3, "x", 0), // a third from /a on a frozen clock: throttled
+            game("5", "/b", 4, "x", 0),
+        ]
+        .join(", ");
+        let test = format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"unique\"\ninput = [{inputs}]\nexpect = [{{ id = \"1\" }}, {{ id = \"3\" }}, {{ id = \"5\" }}]\nexpect_dead_letter = \"throttle\"\n"
+        );
+        for _ in 0..3 {
+            let outcome = run_keyed(&test);
+            assert_eq!(outcome.failures, []);
+            let outcomes: Vec<&EventOutcome> = outcome.results.iter().map(|r| &r.outcome).collect();
+            assert_eq!(
+                outcomes[1],
+                &EventOutcome::Dropped("processor 0 (dedupe)".to_owned())
+            );
+            let EventOutcome::DeadLettered(why) = outcomes[3] else {
+                panic!("{outcomes:?}");
+            };
+            assert!(
+                why.starts_with("processor 1 (throttle): over 2 per 1s for key"),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_dead_lettered_event_does_not_make_its_key_a_duplicate() {
+        // Event 4 is throttled to the dead-letter queue after passing dedupe: its round (3)
+        // is forgotten, so a replay (here event 6 with the same round) is no duplicate.
+        let inputs = [
+            game("1", "/a", 1, "x", 0),
+            game("2", "/a", 2, "x", 0),
+            game("4", "/a", 3, "x", 0),
+            game("6", "/c", 3, "x", 0),
+        ]
+        .join(", ");
+        let outcome = run_keyed(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"unique\"\ninput = [{inputs}]\nexpect = [{{ id = \"1\" }}, {{ id = \"2\" }}, {{ id = \"6\" }}]\nexpect_dead_letter = true\n"
+        ));
+        assert_eq!(outcome.failures, []);
+    }
+
+    #[test]
+    fn aggregates_emit_when_the_test_ends_and_expect_emitted_checks_them() {
+        // Players are sampled by a stable hash: find which of a few are kept, the same way the
+        // engine would.
+        let players = ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"];
+        let inputs: Vec<String> = players
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                [
+                    game(&format!("{p}a"), "/g", 0, p, i as i64),
+                    game(&format!("{p}b"), "/g", 0, p, 10),
+                ]
+            })
+            .collect();
+        let outcome = run_keyed(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"scores\"\ninput = [{}]\nexpect_emitted = []\n",
+            inputs.join(", ")
+        ));
+        let kept: Vec<&str> = outcome
+            .emitted
+            .iter()
+            .map(|e| e["data"]["key"].as_str().unwrap())
+            .collect();
+        assert!(
+            !kept.is_empty() && kept.len() < players.len(),
+            "half the players, give or take: {kept:?}"
+        );
+        assert_eq!(
+            outcome.failures[0].message,
+            format!(
+                "expected 0 emitted event(s), the pipeline's aggregate emitted {}",
+                kept.len()
+            )
+        );
+        for r in &outcome.results {
+            assert!(
+                r.outcome == EventOutcome::Aggregated
+                    || r.outcome == EventOutcome::Dropped("processor 0 (sample)".to_owned()),
+                "{r:?}"
+            );
+        }
+        let first = kept[0];
+        let i = players.iter().position(|p| *p == first).unwrap();
+        let outcome = run_keyed(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"scores\"\ninput = [{}]\nexpect_emitted = [{}]\n",
+            inputs.join(", "),
+            kept.iter()
+                .map(|k| format!(
+                    "{{ type = \"score.summed\", data = {{ key = \"{k}\", count = 2 }} }}"
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        assert_eq!(outcome.failures, []);
+        assert_eq!(
+            outcome.emitted[0]["data"],
+            json!({"key": first, "window_start": "2000-01-01T00:00:00.000000Z",
+                   "window_end": "2000-01-01T00:01:00.000000Z", "count": 2,
+                   "points": {"count": 2, "sum": i as i64 + 10, "min": i as i64, "max": 10,
+                              "avg": (i as f64 + 10.0) / 2.0}})
+        );
+    }
+
+    #[test]
+    fn routes_are_reported_and_expect_sinks_checks_them() {
+        let inputs = r#"{ type = "order.created", source = "/s", id = "c" }, { type = "order.paid", source = "/s", id = "p" }"#;
+        let outcome = run_keyed(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"orders\"\ninput = [{inputs}]\nexpect = [{{ id = \"c\" }}, {{ id = \"p\" }}]\nexpect_sinks = [\"out\", \"billing\"]\n"
+        ));
+        assert_eq!(outcome.failures, []);
+        let outcome = run_keyed(&format!(
+            "[[tests]]\nname = \"t\"\npipeline = \"orders\"\ninput = [{inputs}]\nexpect = [{{ id = \"c\" }}, {{ id = \"p\" }}]\nexpect_sinks = [\"out\", \"out\"]\n"
+        ));
+        assert_eq!(outcome.failures.len(), 1);
+        assert_eq!(
+            outcome.failures[0].message,
+            "delivered event 1 (from input[1], id p) went to another sink"
+        );
+        assert_eq!(
+            outcome.failures[0].mismatches[0].to_string(),
+            "sink: expected \"out\", actual \"billing\""
+        );
     }
 }

@@ -135,12 +135,17 @@ fn render_failure(out: &mut String, outcome: &TestOutcome) {
     let _ = writeln!(out, "        what happened:");
     for r in &outcome.results {
         let what = match &r.outcome {
-            EventOutcome::Delivered(event) => format!("delivered {event}"),
+            EventOutcome::Delivered { event, sink } => format!("delivered {event} (sink {sink})"),
             EventOutcome::Filtered => "filtered".to_owned(),
+            EventOutcome::Dropped(by) => format!("dropped by {by}"),
+            EventOutcome::Aggregated => "aggregated".to_owned(),
             EventOutcome::DeadLettered(why) => format!("dead-lettered: {why}"),
             EventOutcome::NotReceived(why) => format!("not received: {why}"),
         };
         let _ = writeln!(out, "          input[{}] (id {}): {what}", r.index, r.id);
+    }
+    for (i, event) in outcome.emitted.iter().enumerate() {
+        let _ = writeln!(out, "          emitted[{i}]: {event}");
     }
 }
 
@@ -193,8 +198,12 @@ fn outcome_json(o: &TestOutcome) -> Json {
         .iter()
         .map(|r| {
             let (outcome, detail) = match &r.outcome {
-                EventOutcome::Delivered(event) => ("delivered", json!({"event": event})),
+                EventOutcome::Delivered { event, sink } => {
+                    ("delivered", json!({"event": event, "sink": sink}))
+                }
                 EventOutcome::Filtered => ("filtered", json!({})),
+                EventOutcome::Dropped(by) => ("dropped", json!({"by": by})),
+                EventOutcome::Aggregated => ("aggregated", json!({})),
                 EventOutcome::DeadLettered(why) => ("dead_lettered", json!({"reason": why})),
                 EventOutcome::NotReceived(why) => ("not_received", json!({"reason": why})),
             };
@@ -223,6 +232,7 @@ fn outcome_json(o: &TestOutcome) -> Json {
         "location": {"file": o.location.file, "line": o.location.line, "col": o.location.col},
         "passed": o.passed(),
         "results": results,
+        "emitted": o.emitted,
         "failures": failures,
     })
 }

@@ -20,7 +20,8 @@ use super::SourceConfig;
 use super::diagnostic::{Source, diagnostic_at};
 use super::units::format_duration;
 use super::{
-    ByteSize, Config, Diagnostic, Durability, PipelineConfig, Severity, SinkConfig, TypePattern,
+    ByteSize, Config, Diagnostic, Durability, PipelineConfig, ProcessorConfig, Severity,
+    SinkConfig, TypePattern,
 };
 
 /// The stable codes of every finding. Never renumber one; retire it instead.
@@ -48,6 +49,8 @@ pub mod codes {
     pub const CONFLICT: &str = "V010";
     /// Two pipelines share one dead-letter queue.
     pub const SHARED_DEAD_LETTER: &str = "V011";
+    /// A pipeline's output comes back to it through queues (an aggregate's `into`, ...).
+    pub const CYCLE: &str = "V012";
 
     // Warnings: legal but suspicious.
     /// The VRL compiler warns about a program.
@@ -257,9 +260,44 @@ pub fn retry_hold(pipeline: &PipelineConfig, sink: Option<&SinkConfig>) -> Durat
         .saturating_add(attempt.saturating_mul(retry.attempts_max))
 }
 
+/// A pipeline writing into a queue (not through routing): the edges that can close a cycle
+/// queue → pipeline → queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueOutput<'c> {
+    pub pipeline: &'c str,
+    pub queue: &'c str,
+    /// The config path of the value that makes the edge (for the diagnostic's location).
+    pub path: Vec<String>,
+}
+
+/// Every pipeline → queue edge of the config, in file order: each aggregate's `into`. Any
+/// other way a pipeline writes into a queue belongs here too, so the cycle check sees it.
+pub fn pipeline_outputs(config: &Config) -> Vec<QueueOutput<'_>> {
+    let mut out = Vec::new();
+    for (name, pipeline) in &config.pipelines {
+        for (i, processor) in pipeline.processors.iter().enumerate() {
+            if let ProcessorConfig::Aggregate(aggregate) = processor {
+                out.push(QueueOutput {
+                    pipeline: name,
+                    queue: &aggregate.into,
+                    path: vec![
+                        "pipelines".to_owned(),
+                        name.clone(),
+                        "processors".to_owned(),
+                        i.to_string(),
+                        "into".to_owned(),
+                    ],
+                });
+            }
+        }
+    }
+    out
+}
+
 /// The lints of a valid config that need nothing but the config (run by `config::load`).
 pub(crate) fn check(config: &Config, at: &Locations) -> Vec<Diagnostic> {
     let mut out = Vec::new();
+    cycles(config, at, &mut out);
     shared_dead_letters(config, at, &mut out);
     shadowed_patterns(config, at, &mut out);
     unreachable_pipelines(config, at, &mut out);
@@ -305,6 +343,76 @@ fn file_sinks_feeding_file_sources(config: &Config, at: &Locations, out: &mut Ve
                 ));
             }
         }
+    }
+}
+
+/// A pipeline whose output reaches a queue it (or a pipeline downstream of it) reads would feed
+/// on its own output forever: an error at the value that closes the loop.
+fn cycles(config: &Config, at: &Locations, out: &mut Vec<Diagnostic>) {
+    let outputs = pipeline_outputs(config);
+    fn readers<'c>(config: &'c Config, queue: &str) -> Vec<&'c str> {
+        config
+            .pipelines
+            .iter()
+            .filter(|(_, p)| p.from.iter().any(|q| q == queue))
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+    for edge in &outputs {
+        // Breadth-first from the readers of the edge's queue; `via[p]` is how p was reached.
+        let mut via: HashMap<&str, Option<&str>> = HashMap::new();
+        let mut frontier: Vec<&str> = Vec::new();
+        for reader in readers(config, edge.queue) {
+            via.entry(reader).or_insert(None);
+            frontier.push(reader);
+        }
+        while !via.contains_key(edge.pipeline) && !frontier.is_empty() {
+            let mut next = Vec::new();
+            for pipeline in frontier {
+                for o in outputs.iter().filter(|o| o.pipeline == pipeline) {
+                    for reader in readers(config, o.queue) {
+                        if !via.contains_key(reader) {
+                            via.insert(reader, Some(pipeline));
+                            next.push(reader);
+                        }
+                    }
+                }
+            }
+            frontier = next;
+        }
+        let Some(mut step) = via.get(edge.pipeline).copied() else {
+            continue;
+        };
+        let mut through = Vec::new();
+        while let Some(p) = step {
+            through.push(format!("`{p}`"));
+            step = via[p];
+        }
+        through.reverse();
+        let loop_text = if through.is_empty() {
+            format!("which pipeline `{}` itself reads", edge.pipeline)
+        } else {
+            format!(
+                "whose events come back to pipeline `{}` through pipeline(s) {}",
+                edge.pipeline,
+                through.join(" → ")
+            )
+        };
+        let path: Vec<&str> = edge.path.iter().map(String::as_str).collect();
+        out.push(at.diagnostic(
+            at.value(&path),
+            Severity::Error,
+            codes::CYCLE,
+            format!(
+                "pipeline `{}` writes into queue `{}`, {loop_text}: a cycle, each event would \
+                 keep producing more",
+                edge.pipeline, edge.queue
+            ),
+            Some(format!(
+                "write into a queue that pipeline `{}` and the pipelines after it do not read",
+                edge.pipeline
+            )),
+        ));
     }
 }
 
@@ -364,12 +472,15 @@ fn shadowed_patterns(config: &Config, at: &Locations, out: &mut Vec<Diagnostic>)
 
 fn unreachable_pipelines(config: &Config, at: &Locations, out: &mut Vec<Diagnostic>) {
     for (name, pipeline) in &config.pipelines {
+        // A queue a pipeline writes into (an aggregate's `into`) is reached that way.
+        let outputs = pipeline_outputs(config);
         let all_unreachable = !pipeline.from.is_empty()
             && pipeline.from.iter().all(|q| {
-                config
-                    .queues
-                    .get_index_of(q)
-                    .is_some_and(|i| unreachable(config, i))
+                !outputs.iter().any(|o| o.queue == q)
+                    && config
+                        .queues
+                        .get_index_of(q)
+                        .is_some_and(|i| unreachable(config, i))
             });
         if all_unreachable {
             out.push(
@@ -400,7 +511,13 @@ fn retries_above_starvation(config: &Config, at: &Locations, out: &mut Vec<Diagn
         if pipeline.from.len() < 2 || pipeline.workers > 1 {
             continue;
         }
-        let hold = retry_hold(pipeline, config.sinks.get(&pipeline.sink));
+        // The slowest of its sinks bounds how long one batch can be retried.
+        let (hold, slowest) = pipeline
+            .sinks()
+            .into_iter()
+            .map(|s| (retry_hold(pipeline, config.sinks.get(s)), s))
+            .max()
+            .expect("a pipeline has a sink");
         if hold <= pipeline.starvation_max {
             continue;
         }
@@ -421,7 +538,7 @@ fn retries_above_starvation(config: &Config, at: &Locations, out: &mut Vec<Diagn
                 format_duration(hold),
                 retry.attempts_max,
                 format_duration(retry.backoff_max),
-                match config.sinks.get(&pipeline.sink) {
+                match config.sinks.get(slowest) {
                     Some(SinkConfig::Http { timeout, .. }) =>
                         format!(", plus a {} timeout per attempt", format_duration(*timeout)),
                     Some(SinkConfig::Nats(nats)) =>
@@ -448,14 +565,18 @@ fn memory_queues_feeding_delivery(config: &Config, at: &Locations, out: &mut Vec
             .pipelines
             .iter()
             .filter(|(_, p)| p.from.contains(queue_name))
-            .filter_map(|(p, pipeline)| match config.sinks.get(&pipeline.sink)? {
-                SinkConfig::File { .. } => Some(format!("`{p}` (file sink `{}`)", pipeline.sink)),
-                SinkConfig::Http { .. } => Some(format!("`{p}` (http sink `{}`)", pipeline.sink)),
-                SinkConfig::Nats(_) => Some(format!("`{p}` (nats sink `{}`)", pipeline.sink)),
-                SinkConfig::Custom(c) => {
-                    Some(format!("`{p}` ({} sink `{}`)", c.type_name, pipeline.sink))
-                }
-                SinkConfig::Stdout | SinkConfig::Blackhole => None,
+            .flat_map(|(p, pipeline)| {
+                pipeline.sinks().into_iter().filter_map(move |sink| {
+                    match config.sinks.get(sink)? {
+                        SinkConfig::File { .. } => Some(format!("`{p}` (file sink `{sink}`)")),
+                        SinkConfig::Http { .. } => Some(format!("`{p}` (http sink `{sink}`)")),
+                        SinkConfig::Nats(_) => Some(format!("`{p}` (nats sink `{sink}`)")),
+                        SinkConfig::Custom(c) => {
+                            Some(format!("`{p}` ({} sink `{sink}`)", c.type_name))
+                        }
+                        SinkConfig::Stdout | SinkConfig::Blackhole => None,
+                    }
+                })
             })
             .collect();
         if delivering.is_empty() {

@@ -25,6 +25,7 @@ mod include;
 mod interpolate;
 pub mod lints;
 mod nats;
+mod processors;
 mod reference;
 mod route;
 mod template;
@@ -45,13 +46,17 @@ pub use nats::{
     JetStreamConsumer, NatsSinkConfig, NatsSourceConfig, NatsSourceMode, nats_servers,
     nats_subject_problem,
 };
+pub use processors::{
+    AggregateConfig, BatchConfig, DedupeConfig, ProcessorConfig, RouteConfig, SampleConfig,
+    ThrottleConfig, WhenExceeded,
+};
 pub use reference::{KeyDoc, SectionDoc, reference, reference_markdown};
 pub use route::{QueueIndex, Router, TypePattern};
 pub use template::{Field, Template, TemplateError};
 pub use tests_section::{ConfigTest, DeadLetterExpectation, Location};
 pub use units::ByteSize;
 
-use crate::expr::{ExprDiagnostic, Filter, Remap};
+use crate::expr::ExprDiagnostic;
 use diagnostic::{Source, did_you_mean};
 use lints::{Locations, codes};
 use units::{format_duration, parse_duration};
@@ -259,8 +264,11 @@ pub struct PipelineConfig {
     pub workers: usize,
     /// Run in order on every event.
     pub processors: Vec<ProcessorConfig>,
-    /// The sink written to (names a sink of [`Config::sinks`]).
+    /// The sink written to (names a sink of [`Config::sinks`]): every event no route takes.
     pub sink: String,
+    /// Tried in order on every processed event; the first whose condition holds sends the
+    /// event to its sink instead of `sink`.
+    pub routes: Vec<RouteConfig>,
     /// Most events handed to the sink at once; default 1000.
     pub batch_events_max: usize,
     /// An event waiting this long in a less urgent queue is served next regardless of
@@ -296,6 +304,18 @@ impl Default for RetryConfig {
 }
 
 impl PipelineConfig {
+    /// Every sink the pipeline writes to, each once: `sink` first, then the routes' sinks in
+    /// file order.
+    pub fn sinks(&self) -> Vec<&str> {
+        let mut sinks = vec![self.sink.as_str()];
+        for route in &self.routes {
+            if !sinks.contains(&route.sink.as_str()) {
+                sinks.push(&route.sink);
+            }
+        }
+        sinks
+    }
+
     /// A pipeline with every setting at its default.
     pub fn new(name: &str, from: Vec<String>, sink: String) -> PipelineConfig {
         PipelineConfig {
@@ -303,24 +323,13 @@ impl PipelineConfig {
             workers: DEFAULT_WORKERS,
             processors: Vec::new(),
             sink,
+            routes: Vec::new(),
             batch_events_max: DEFAULT_BATCH_EVENTS_MAX,
             starvation_max: DEFAULT_STARVATION_MAX,
             retry: RetryConfig::default(),
             dead_letter: format!("{name}.dlq"),
         }
     }
-}
-
-/// One step of a pipeline, compiled.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ProcessorConfig {
-    /// `{ type = "filter", condition = '...' }`: keeps events for which the condition is true.
-    Filter(Filter),
-    /// `{ type = "remap", source = '...' }`: modifies events.
-    Remap(Remap),
-    /// A processor type registered by the embedding program ([`Extensions`]); `options` are the
-    /// table's other keys as JSON, already accepted by the type's validator.
-    Custom(CustomConfig),
 }
 
 /// A handler of a type registered through [`Extensions`] (a custom processor or sink).
@@ -710,6 +719,7 @@ const PIPELINE_KEYS: &[&str] = &[
     "workers",
     "processors",
     "sink",
+    "routes",
     "batch_events_max",
     "starvation_max",
     "retry",
@@ -726,13 +736,10 @@ const SINK_KEYS: &[&str] = &[
     "jetstream",
     "msg_id",
 ];
-/// Every processor key (a filter takes `condition`, a remap `source`).
-const PROCESSOR_KEYS: &[&str] = &["type", "condition", "source"];
 const WHEN_FULL: &[&str] = &["backpressure", "drop_newest", "drop_oldest"];
 const SOURCE_TYPES: &[&str] = &["http", "generator", "file", "stdin", "nats"];
 const READ_FROM: &[&str] = &["beginning", "end"];
 const SINK_TYPES: &[&str] = &["file", "stdout", "blackhole", "http", "nats"];
-const PROCESSOR_TYPES: &[&str] = &["filter", "remap"];
 const DURABILITIES: &[&str] = &["fsync", "interval", "memory"];
 
 /// Where things were declared, for checks that run after decoding.
@@ -1907,15 +1914,22 @@ impl Decoder<'_> {
             pipeline.dead_letter = dlq;
         }
         if let Some(processors) = get(table, "processors") {
-            match processors.get_ref() {
-                DeValue::Array(items) => {
-                    for item in items.iter() {
-                        if let Some(processor) = self.processor(item) {
-                            pipeline.processors.push(processor);
-                        }
-                    }
-                }
-                _ => self.wrong_type(processors, "processors", "an array of tables", None),
+            pipeline.processors = self.processors(processors, queue_names);
+        }
+        if let Some(routes) = get(table, "routes") {
+            pipeline.routes = self.routes(routes, sink_names);
+            if let Some(ProcessorConfig::Aggregate(_)) = pipeline.processors.last()
+                && !pipeline.routes.is_empty()
+            {
+                self.error_coded(
+                    codes::CONFLICT,
+                    routes.span(),
+                    format!(
+                        "{what} ends with an aggregate, which consumes every event: no event \
+                         would ever reach a route"
+                    ),
+                    Some("remove `routes`, or route in the pipeline that reads `into`".to_owned()),
+                );
             }
         }
         valid.then_some(pipeline)
@@ -1950,70 +1964,6 @@ impl Decoder<'_> {
                     ),
                     Some("make `backoff_max` at least `backoff_initial`".to_owned()),
                 );
-            }
-        }
-    }
-
-    fn processor(&mut self, item: &Value<'_>) -> Option<ProcessorConfig> {
-        let what = "processor";
-        let DeValue::Table(table) = item.get_ref() else {
-            self.wrong_type(
-                item,
-                "processors",
-                "an array of tables",
-                Some("write `{ type = \"filter\", condition = '...' }`".to_owned()),
-            );
-            return None;
-        };
-        let Some(ty) = get(table, "type") else {
-            self.check_keys(table, what, PROCESSOR_KEYS);
-            let hint = "add `type = \"filter\"` or `type = \"remap\"`";
-            self.missing(table, "type", item.span(), what, hint.to_owned());
-            return None;
-        };
-        let extensions = self.extensions;
-        let types: Vec<&str> = PROCESSOR_TYPES
-            .iter()
-            .copied()
-            .chain(extensions.processors.iter().map(|(n, _)| n.as_str()))
-            .collect();
-        let kind = self.choice(ty, "processor type", &types)?;
-        if kind >= PROCESSOR_TYPES.len() {
-            let (type_name, validate) = &extensions.processors[kind - PROCESSOR_TYPES.len()];
-            let what = format!("processor (type \"{type_name}\")");
-            return self
-                .custom(table, item.span(), type_name, validate, &what)
-                .map(ProcessorConfig::Custom);
-        }
-        let (key, what) = if kind == 0 {
-            ("condition", "filter processor")
-        } else {
-            ("source", "remap processor")
-        };
-        self.check_keys(table, what, &["type", key]);
-        let Some(program) = get(table, key) else {
-            let hint = format!("add `{key} = '...'` with a VRL expression");
-            self.missing(table, key, item.span(), what, hint);
-            return None;
-        };
-        let text = self.string(program, key)?;
-        let compiled = if kind == 0 {
-            Filter::compile(&text).map(|f| (f.warnings().to_vec(), ProcessorConfig::Filter(f)))
-        } else {
-            Remap::compile(&text).map(|r| (r.warnings().to_vec(), ProcessorConfig::Remap(r)))
-        };
-        match compiled {
-            Ok((warnings, processor)) => {
-                for warning in warnings {
-                    self.expr_diagnostic(Severity::Warning, program.span(), key, warning);
-                }
-                Some(processor)
-            }
-            Err(errors) => {
-                for error in errors {
-                    self.expr_diagnostic(Severity::Error, program.span(), key, error);
-                }
-                None
             }
         }
     }
@@ -2098,7 +2048,11 @@ impl Decoder<'_> {
                     .iter()
                     .any(|(_, q)| q.types.iter().any(|e| lints::covers(e, pattern)))
             };
-            if !queue.types.is_empty() && queue.types.iter().all(shadowed) {
+            // A queue a pipeline writes into (an aggregate's `into`) receives events that way.
+            let fed = lints::pipeline_outputs(config)
+                .iter()
+                .any(|o| o.queue == name.as_str());
+            if !queue.types.is_empty() && queue.types.iter().all(shadowed) && !fed {
                 self.warning_coded(
                     codes::QUEUE_UNREACHABLE,
                     types_span.clone(),
@@ -2121,7 +2075,11 @@ impl Decoder<'_> {
             }
         }
         for ((name, _), span) in config.sinks.iter().zip(&spans.sinks) {
-            if !config.pipelines.values().any(|p| &p.sink == name) {
+            if !config
+                .pipelines
+                .values()
+                .any(|p| p.sinks().contains(&name.as_str()))
+            {
                 self.warning_coded(
                     codes::SINK_UNUSED,
                     span.clone(),

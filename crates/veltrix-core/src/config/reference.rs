@@ -13,6 +13,7 @@ use super::nats::{
     DEFAULT_NATS_ACK_WAIT, DEFAULT_NATS_MSG_ID, NATS_BATCH_EVENTS_MAX, NATS_MODES,
     NATS_NAME_LEN_MAX,
 };
+use super::processors::*;
 use super::units::format_duration;
 use super::*;
 
@@ -531,7 +532,14 @@ pub fn reference() -> Vec<SectionDoc> {
                     "string",
                     DefaultDoc::Required,
                     "names a sink",
-                    "Where the pipeline delivers.",
+                    "Where the pipeline delivers (the events no route takes).",
+                ),
+                key(
+                    "routes",
+                    "array of tables",
+                    value("[]"),
+                    "",
+                    "Send events to other sinks by condition, first match wins: see `routes`.",
                 ),
                 key(
                     "batch_events_max",
@@ -599,11 +607,14 @@ pub fn reference() -> Vec<SectionDoc> {
         },
         SectionDoc {
             title: "processors",
-            intro: "Each item of a pipeline's `processors`: `{ type = \"filter\", condition = \
-                    '...' }` or `{ type = \"remap\", source = '...' }`. Programs are \
+            intro: "Each item of a pipeline's `processors`, run in order on every event: \
+                    `{ type = \"filter\", condition = '...' }` and so on; each type takes \
+                    `type` and its own keys. Programs and key expressions are \
                     [VRL](https://vector.dev/docs/reference/vrl/), compiled at load (errors \
                     point into the config); the event is the CloudEvent as a VRL object (`.type`, \
-                    `.data.amount`, …). An event a processor fails on is dead-lettered."
+                    `.data.amount`, …). An event a processor fails on is dead-lettered. Keys \
+                    (`key`) are hashed (SipHash-1-3, fixed keys: the same key gives the same \
+                    result across restarts and machines). `batch` and `aggregate` must be last."
                 .to_owned(),
             keys: vec![
                 key(
@@ -611,22 +622,179 @@ pub fn reference() -> Vec<SectionDoc> {
                     one_of(PROCESSOR_TYPES),
                     DefaultDoc::Required,
                     "",
-                    "`filter` keeps the events for which `condition` is true (the others are \
-                     counted as filtered); `remap` modifies the event with `source`.",
+                    "`filter` keeps the events for which `condition` is true; `remap` modifies \
+                     the event with `source`; `dedupe` drops an event whose `key` passed within \
+                     `window`; `throttle` lets `rate` events per `per` through per `key`; \
+                     `sample` keeps a deterministic fraction; `aggregate` summarises tumbling \
+                     windows per `key` into derived events appended to the queue `into` (the \
+                     events it takes are consumed); `batch` sets how many events a sink write \
+                     carries.",
                 ),
                 key(
                     "condition",
                     "string (VRL)",
                     text("required for `filter`"),
                     "returns a boolean",
-                    "The filter's condition.",
+                    "`filter`: the condition.",
                 ),
                 key(
                     "source",
                     "string (VRL)",
                     text("required for `remap`"),
                     "leaves a valid CloudEvent",
-                    "The remap program.",
+                    "`remap`: the program.",
+                ),
+                key(
+                    "key",
+                    "string (VRL expression)",
+                    text(
+                        "`dedupe`, `sample`: the event's `source` and `id`; `throttle`: one \
+                         bucket; `aggregate`: one group",
+                    ),
+                    "read-only",
+                    "`dedupe`, `throttle`, `sample`, `aggregate`: what identifies or groups \
+                     an event, e.g. `'.data.player'` (any value; a missing field is `null`).",
+                ),
+                key(
+                    "window",
+                    DURATION,
+                    text(format!(
+                        "`dedupe`: `\"{}\"`; `aggregate`: `\"{}\"`",
+                        format_duration(DEFAULT_DEDUPE_WINDOW),
+                        format_duration(DEFAULT_AGGREGATE_WINDOW)
+                    )),
+                    format!(
+                        "more than 0; `aggregate`: {} to {}",
+                        format_duration(AGGREGATE_WINDOW_MIN),
+                        format_duration(AGGREGATE_WINDOW_MAX)
+                    ),
+                    "`dedupe`: how long a key is remembered after the event that passed with \
+                     it; `aggregate`: the tumbling window's length (windows start at multiples \
+                     of it since the Unix epoch, by processing time).",
+                ),
+                key(
+                    "max_keys",
+                    "integer",
+                    value(DEFAULT_MAX_KEYS.to_string()),
+                    format!("1 to {MAX_KEYS_MAX}"),
+                    "`dedupe`, `throttle`: most keys remembered (the oldest is evicted, \
+                     counted); `aggregate`: most keys in one window (an event with a new key \
+                     beyond it is dead-lettered).",
+                ),
+                key(
+                    "rate",
+                    "integer (`throttle`), number (`sample`)",
+                    DefaultDoc::Required,
+                    format!(
+                        "`throttle`: 1 to {THROTTLE_RATE_MAX}; `sample`: more than 0, at most 1"
+                    ),
+                    "`throttle`: events let through per `per`, per key; `sample`: the fraction \
+                     kept.",
+                ),
+                key(
+                    "per",
+                    DURATION,
+                    duration(DEFAULT_THROTTLE_PER),
+                    "more than 0",
+                    "`throttle`: the period of `rate`.",
+                ),
+                key(
+                    "burst",
+                    "integer",
+                    text("`throttle`: `rate`"),
+                    format!("1 to {THROTTLE_RATE_MAX}"),
+                    "`throttle`: the bucket's capacity (events let through at once after a \
+                     quiet spell).",
+                ),
+                key(
+                    "when_exceeded",
+                    one_of(WHEN_EXCEEDED),
+                    value("\"drop\""),
+                    "",
+                    "`throttle`: what happens to an event over the limit: dropped (counted) or \
+                     dead-lettered with the reason `throttled`.",
+                ),
+                key(
+                    "fields",
+                    "table of strings (VRL expressions)",
+                    value("{}"),
+                    format!(
+                        "at most {AGGREGATE_FIELDS_MAX}; not `key`, `window_start`, \
+                         `window_end`, `count`"
+                    ),
+                    "`aggregate`: numbers summarised per window and key, by output name: \
+                     `{ score = '.data.points' }` gives `score = {sum, min, max, avg, count}` \
+                     (a missing value is skipped; a non-number dead-letters the event).",
+                ),
+                key(
+                    "into",
+                    "string",
+                    text("required for `aggregate`"),
+                    "names a queue; no cycle",
+                    "`aggregate`: the queue the derived events are appended to (durably); a \
+                     queue whose readers feed back into this pipeline is a cycle (V012).",
+                ),
+                key(
+                    "event_type",
+                    "string",
+                    text("required for `aggregate`"),
+                    "not empty",
+                    "`aggregate`: the derived events' `type`.",
+                ),
+                key(
+                    "max_events",
+                    "integer",
+                    value(DEFAULT_BATCH_MAX_EVENTS.to_string()),
+                    format!("1 to {BATCH_MAX_EVENTS_MAX}"),
+                    "`batch`: most events per sink write (they stay unacknowledged until it is \
+                     written, so at most a queue cursor's in-flight bound).",
+                ),
+                key(
+                    "max_bytes",
+                    SIZE,
+                    size(DEFAULT_BATCH_MAX_BYTES),
+                    format!(
+                        "{} to {}",
+                        ByteSize(BATCH_MAX_BYTES_MIN),
+                        ByteSize(BATCH_MAX_BYTES_MAX)
+                    ),
+                    "`batch`: most bytes per sink write (a single larger event goes alone).",
+                ),
+                key(
+                    "max_wait",
+                    DURATION,
+                    duration(DEFAULT_BATCH_MAX_WAIT),
+                    format!(
+                        "more than 0, at most {}",
+                        format_duration(BATCH_MAX_WAIT_MAX)
+                    ),
+                    "`batch`: longest wait since a batch's first event before it is written \
+                     however small (its events stay unacknowledged meanwhile).",
+                ),
+            ],
+        },
+        SectionDoc {
+            title: "routes",
+            intro: "`routes = [{ condition = '.type == \"order.paid\"', sink = \"billing\" }]` \
+                    in a pipeline: after the processors, each event goes to the sink of the \
+                    first route whose condition holds, else to the pipeline's `sink`. Each \
+                    sink gets its own part of a batch, written concurrently with its own \
+                    retries; a part that fails for good is dead-lettered alone."
+                .to_owned(),
+            keys: vec![
+                key(
+                    "condition",
+                    "string (VRL)",
+                    DefaultDoc::Required,
+                    "returns a boolean",
+                    "Whether this route takes the event.",
+                ),
+                key(
+                    "sink",
+                    "string",
+                    DefaultDoc::Required,
+                    "names a sink",
+                    "Where the events this route takes go.",
                 ),
             ],
         },
@@ -757,7 +925,23 @@ pub fn reference() -> Vec<SectionDoc> {
                     "",
                     "`true`: at least one event is dead-lettered; a string: also every \
                      dead-letter reason contains it. A test needs at least one of `expect`, \
-                     `expect_none = true` or this.",
+                     `expect_none = true`, `expect_emitted` or this.",
+                ),
+                key(
+                    "expect_sinks",
+                    "array of strings",
+                    text("not checked"),
+                    "one per `expect` item",
+                    "The sink each delivered event goes to, in order (pipelines with `routes`).",
+                ),
+                key(
+                    "expect_emitted",
+                    "array of tables",
+                    value("[]"),
+                    "",
+                    "The derived events the pipeline's aggregates emit, in order, each a subset \
+                     like `expect`. Tests run on a frozen clock (2000-01-01T00:00:00Z): all \
+                     inputs fall in one window, and every window closes when the test ends.",
                 ),
             ],
         },
@@ -827,6 +1011,7 @@ mod tests {
             "[pipelines.NAME]" => PIPELINE_KEYS,
             "retry" => RETRY_KEYS,
             "processors" => PROCESSOR_KEYS,
+            "routes" => ROUTE_KEYS,
             "[sinks.NAME]" => SINK_KEYS,
             "[[tests]]" => TEST_KEYS,
             other => panic!("section {other} maps to no key list"),
@@ -844,6 +1029,7 @@ mod tests {
             PIPELINE_KEYS,
             RETRY_KEYS,
             PROCESSOR_KEYS,
+            ROUTE_KEYS,
             SINK_KEYS,
             TEST_KEYS,
         ];
@@ -904,9 +1090,26 @@ mod tests {
                  [sinks.s]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"x\"\n{line}\n"
             ),
             "[sinks.NAME]" => topology("", "", line),
+            "processors" => {
+                let (item, extra_queue) = match key {
+                    "max_keys" => ("type = \"dedupe\"", ""),
+                    "per" | "when_exceeded" => ("type = \"throttle\", rate = 10", ""),
+                    "fields" => (
+                        "type = \"aggregate\", into = \"r\", event_type = \"t\"",
+                        "[queues.r]\ntypes = [\"r\"]\n",
+                    ),
+                    "max_events" | "max_bytes" | "max_wait" => ("type = \"batch\"", ""),
+                    other => panic!("no processor template for `{other}`"),
+                };
+                let sep = if line.is_empty() { "" } else { ", " };
+                format!(
+                    "{extra_queue}{}",
+                    topology("", &format!("processors = [{{ {item}{sep}{line} }}]"), "")
+                )
+            }
             "[[tests]]" => {
                 // Some expectation is required: one the line does not set.
-                let other = if key == "expect_dead_letter" {
+                let other = if key == "expect_dead_letter" || key == "expect_emitted" {
                     "expect = []"
                 } else {
                     "expect_dead_letter = true"
@@ -930,9 +1133,6 @@ mod tests {
                 let DefaultDoc::Value(literal) = &k.default else {
                     continue;
                 };
-                if section.title == "processors" {
-                    continue;
-                }
                 let without = config_with(section.title, k.key, "");
                 let with = config_with(section.title, k.key, &format!("{} = {literal}", k.key));
                 let parse = |src: &str| match parse_str_with_env(src, "t.toml", 2, &env) {

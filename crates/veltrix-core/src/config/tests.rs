@@ -1118,3 +1118,353 @@ path = "/var/log/events.ndjson"
     );
     valid(&fixed);
 }
+
+/// BASE with `items` as the pipeline's processors, written on line 8 from column 15.
+fn with_processors(items: &str) -> String {
+    BASE.replace(
+        "sink = \"out\"",
+        &format!("sink = \"out\"\nprocessors = [{items}]"),
+    )
+}
+
+/// Two queues (`games` read by `scores`, `stats` read by `board`) for aggregates.
+const AGGREGATING: &str = r#"
+[queues.games]
+types = ["game.*"]
+[queues.stats]
+types = ["*"]
+[pipelines.scores]
+from = ["games"]
+sink = "none"
+processors = [AGGREGATE]
+[pipelines.board]
+from = ["stats"]
+sink = "none"
+[sinks.none]
+type = "blackhole"
+"#;
+
+#[test]
+fn every_built_in_processor_decodes_with_its_defaults() {
+    let loaded = valid(&with_processors(
+        "{ type = \"dedupe\" }, { type = \"throttle\", rate = 5 }, { type = \"sample\", rate = 0.25 }, { type = \"batch\" }",
+    ));
+    let processors = &loaded.config.pipelines["main"].processors;
+    let ProcessorConfig::Dedupe(dedupe) = &processors[0] else {
+        panic!("{processors:?}")
+    };
+    assert_eq!(
+        (dedupe.key.is_none(), dedupe.window, dedupe.max_keys),
+        (true, Duration::from_secs(600), 100_000)
+    );
+    assert_eq!(
+        processors[1],
+        ProcessorConfig::Throttle(ThrottleConfig {
+            key: None,
+            rate: 5,
+            per: Duration::from_secs(1),
+            burst: 5,
+            max_keys: 100_000,
+            when_exceeded: WhenExceeded::Drop,
+        })
+    );
+    assert_eq!(
+        processors[2],
+        ProcessorConfig::Sample(SampleConfig {
+            rate: 0.25,
+            key: None
+        })
+    );
+    assert_eq!(
+        processors[3],
+        ProcessorConfig::Batch(BatchConfig {
+            max_events: 500,
+            max_bytes: ByteSize(ByteSize::MIB),
+            max_wait: Duration::from_secs(1),
+        })
+    );
+
+    let loaded = valid(&AGGREGATING.replace(
+        "AGGREGATE",
+        "{ type = \"aggregate\", key = '.data.player', window = \"5m\", fields = { score = '.data.points', time = '.data.ms' }, into = \"stats\", event_type = \"score.summed\", max_keys = 10 }",
+    ));
+    let ProcessorConfig::Aggregate(aggregate) = &loaded.config.pipelines["scores"].processors[0]
+    else {
+        panic!()
+    };
+    assert_eq!(aggregate.key.as_ref().unwrap().source(), ".data.player");
+    assert_eq!(aggregate.window, Duration::from_secs(300));
+    let fields: Vec<(&str, &str)> = aggregate
+        .fields
+        .iter()
+        .map(|(n, e)| (n.as_str(), e.source()))
+        .collect();
+    assert_eq!(fields, [("score", ".data.points"), ("time", ".data.ms")]);
+    assert_eq!(
+        (
+            aggregate.into.as_str(),
+            aggregate.event_type.as_str(),
+            aggregate.max_keys
+        ),
+        ("stats", "score.summed", 10)
+    );
+}
+
+#[test]
+fn processor_mistakes_are_errors_at_their_value() {
+    let cases: &[(&str, usize, &str)] = &[
+        // (items, column on line 8, message)
+        (
+            "{ type = \"dedupe\", windw = \"1m\" }",
+            34,
+            "unknown key `windw` in dedupe processor",
+        ),
+        (
+            "{ type = \"dedupe\", window = \"soon\" }",
+            43,
+            "invalid duration",
+        ),
+        (
+            "{ type = \"dedupe\", max_keys = 0 }",
+            45,
+            "`max_keys` must be between 1 and",
+        ),
+        (
+            "{ type = \"throttle\", per = \"1s\" }",
+            15,
+            "throttle processor is missing `rate`",
+        ),
+        (
+            "{ type = \"throttle\", rate = 10, when_exceeded = \"dead-letter\" }",
+            63,
+            "unknown when_exceeded \"dead-letter\"",
+        ),
+        (
+            "{ type = \"sample\", rate = 1.5 }",
+            41,
+            "`rate` must be more than 0 and at most 1",
+        ),
+        (
+            "{ type = \"sample\", rate = \"0.5\" }",
+            41,
+            "`rate` must be a number, found a string",
+        ),
+        (
+            "{ type = \"dedupe\", key = '.id +' }",
+            40,
+            "in `key`: VRL error",
+        ),
+        (
+            "{ type = \"batch\" }, { type = \"filter\", condition = 'true' }",
+            15,
+            "the `batch` processor must be the last one",
+        ),
+        (
+            "{ type = \"batch\", max_wait = \"1h\" }",
+            44,
+            "`max_wait` must be at most 5m",
+        ),
+        (
+            "{ type = \"batch\", max_bytes = \"10B\" }",
+            45,
+            "`max_bytes` must be between 1KiB and 256MiB",
+        ),
+        (
+            "{ type = \"dedup\" }",
+            24,
+            "unknown processor type \"dedup\"",
+        ),
+    ];
+    for (items, col, message) in cases {
+        check_error(&with_processors(items), 8, *col, message);
+    }
+    let error = check_error(
+        &with_processors("{ type = \"throttle\", rate = 10, when_exceeded = \"dead-letter\" }"),
+        8,
+        63,
+        "",
+    );
+    assert_eq!(error.hint.as_deref(), Some("did you mean `dead_letter`?"));
+    let error = check_error(
+        &with_processors("{ type = \"sample\", rate = \"0.5\" }"),
+        8,
+        41,
+        "",
+    );
+    assert_eq!(
+        error.hint.as_deref(),
+        Some("remove the quotes: `rate = 0.5`")
+    );
+}
+
+#[test]
+fn aggregate_mistakes_are_errors_at_their_value() {
+    let at = |item: &str, col: usize, message: &str| {
+        // The processors are on line 9, from column 15.
+        check_error(&AGGREGATING.replace("AGGREGATE", item), 9, col, message)
+    };
+    let error = at(
+        "{ type = \"aggregate\", into = \"stat\", event_type = \"t\" }",
+        44,
+        "unknown queue `stat`",
+    );
+    assert_eq!(error.hint.as_deref(), Some("did you mean `stats`?"));
+    at(
+        "{ type = \"aggregate\", event_type = \"t\" }",
+        15,
+        "aggregate processor is missing `into`",
+    );
+    at(
+        "{ type = \"aggregate\", into = \"stats\", event_type = \"t\", fields = { count = '.data.n' } }",
+        82,
+        "field name `count` is taken",
+    );
+    at(
+        "{ type = \"aggregate\", into = \"stats\", event_type = \"t\", fields = { n = '.data.n +' } }",
+        86,
+        "in `n`: VRL error",
+    );
+    at(
+        "{ type = \"aggregate\", into = \"stats\", event_type = \"t\", window = \"100ms\" }",
+        80,
+        "`window` must be between 1s and 1day",
+    );
+    at(
+        "{ type = \"aggregate\", into = \"stats\", event_type = \"t\" }, { type = \"batch\" }",
+        15,
+        "the `aggregate` processor must be the last one",
+    );
+}
+
+#[test]
+fn an_aggregate_into_a_queue_its_own_pipeline_reads_is_a_cycle() {
+    let found = errors(&AGGREGATING.replace(
+        "AGGREGATE",
+        "{ type = \"aggregate\", into = \"games\", event_type = \"t\" }",
+    ));
+    assert_eq!(found.len(), 1, "{}", render(&found));
+    assert_eq!(found[0].code, Some(codes::CYCLE));
+    assert_eq!((found[0].line, found[0].col), (9, 44));
+    assert!(
+        found[0]
+            .message
+            .contains("writes into queue `games`, which pipeline `scores` itself reads"),
+        "{}",
+        found[0].message
+    );
+
+    // scores → stats → board → games → scores.
+    let src = AGGREGATING
+        .replace(
+            "AGGREGATE",
+            "{ type = \"aggregate\", into = \"stats\", event_type = \"t\" }",
+        )
+        .replace(
+            "from = [\"stats\"]\nsink = \"none\"",
+            "from = [\"stats\"]\nsink = \"none\"\nprocessors = [{ type = \"aggregate\", into = \"games\", event_type = \"u\" }]",
+        );
+    let found = errors(&src);
+    assert_eq!(found.len(), 2, "{}", render(&found));
+    assert!(
+        found[0].message.contains(
+            "pipeline `scores` writes into queue `stats`, whose events come back to pipeline \
+             `scores` through pipeline(s) `board`"
+        ),
+        "{}",
+        found[0].message
+    );
+}
+
+#[test]
+fn routes_name_sinks_and_take_conditions() {
+    let src = r#"
+[queues.orders]
+types = ["*"]
+[pipelines.p]
+from = ["orders"]
+sink = "archive"
+routes = [{ condition = '.type == "order.paid"', sink = "billing" }, { condition = 'true', sink = "archive" }]
+[sinks.archive]
+type = "blackhole"
+[sinks.billing]
+type = "blackhole"
+"#;
+    let loaded = valid(src);
+    let p = &loaded.config.pipelines["p"];
+    assert_eq!(p.routes.len(), 2);
+    assert_eq!(p.routes[0].condition.source(), ".type == \"order.paid\"");
+    assert_eq!(p.sinks(), ["archive", "billing"]);
+    assert!(loaded.warnings.is_empty(), "billing is used by a route");
+
+    let error = check_error(
+        &src.replace("sink = \"billing\"", "sink = \"biling\""),
+        7,
+        57,
+        "unknown sink `biling`",
+    );
+    assert_eq!(error.hint.as_deref(), Some("did you mean `billing`?"));
+    check_error(
+        &src.replace("condition = 'true', ", ""),
+        7,
+        70,
+        "route 1 is missing `condition`",
+    );
+    check_error(
+        &src.replace("condition = 'true'", "condition = '.data'"),
+        7,
+        84,
+        "must return a boolean",
+    );
+    check_error(
+        &src.replace("{ condition = 'true', sink = \"archive\" }", "\"archive\""),
+        7,
+        70,
+        "`routes[1]` must be a table",
+    );
+}
+
+#[test]
+fn a_pipeline_ending_in_an_aggregate_takes_no_routes() {
+    let src = AGGREGATING
+        .replace(
+            "AGGREGATE",
+            "{ type = \"aggregate\", into = \"stats\", event_type = \"t\" }",
+        )
+        .replace(
+            "sink = \"none\"\nprocessors",
+            "sink = \"none\"\nroutes = [{ condition = 'true', sink = \"none\" }]\nprocessors",
+        );
+    check_error(&src, 9, 10, "ends with an aggregate");
+}
+
+#[test]
+fn a_queue_fed_by_an_aggregate_is_not_unreachable() {
+    // `stats` comes after the catch-all `games`: no ingested event reaches it, but the
+    // aggregate does, and so does pipeline `board`.
+    let src = AGGREGATING
+        .replace("types = [\"game.*\"]", "types = [\"*\"]")
+        .replace(
+            "AGGREGATE",
+            "{ type = \"aggregate\", into = \"stats\", event_type = \"t\" }",
+        );
+    let loaded = valid(&src);
+    let codes: Vec<_> = loaded.warnings.iter().map(|w| w.code).collect();
+    assert!(
+        !codes.contains(&Some(codes::QUEUE_UNREACHABLE))
+            && !codes.contains(&Some(codes::PIPELINE_UNREACHABLE)),
+        "{}",
+        render(&loaded.warnings)
+    );
+    // Without the aggregate, both warnings are there.
+    let src = src.replace(
+        "processors = [{ type = \"aggregate\", into = \"stats\", event_type = \"t\" }]",
+        "",
+    );
+    let loaded = valid(&src);
+    let codes: Vec<_> = loaded.warnings.iter().map(|w| w.code).collect();
+    assert!(codes.contains(&Some(codes::QUEUE_UNREACHABLE)), "{codes:?}");
+    assert!(
+        codes.contains(&Some(codes::PIPELINE_UNREACHABLE)),
+        "{codes:?}"
+    );
+}

@@ -33,6 +33,8 @@ pub(super) const TEST_KEYS: &[&str] = &[
     "expect",
     "expect_none",
     "expect_dead_letter",
+    "expect_sinks",
+    "expect_emitted",
 ];
 
 /// Where something was declared: `file:line:col` in the file as written.
@@ -69,6 +71,11 @@ pub struct ConfigTest {
     pub expect: Vec<Json>,
     /// Whether (and why) events must be dead-lettered.
     pub expect_dead_letter: Option<DeadLetterExpectation>,
+    /// When given, the sink of each delivered event, in order (a pipeline with `routes`).
+    pub expect_sinks: Option<Vec<String>>,
+    /// Subset patterns of the derived events the pipeline's aggregates emit when the test ends
+    /// (every open window closes then), in order (empty: none).
+    pub expect_emitted: Vec<Json>,
     /// Where the test's table starts.
     pub location: Location,
 }
@@ -198,16 +205,37 @@ impl Decoder<'_> {
 
         let mut expect = None;
         if let Some(v) = get(table, "expect") {
-            match self.tables(v, "expect") {
-                Some(patterns) => {
-                    let mut out = Vec::new();
-                    for pattern in patterns {
-                        match self.json(pattern) {
-                            Some(json) => out.push(json),
-                            None => valid = false,
-                        }
+            match self.patterns(v, "expect") {
+                Some(out) => expect = Some((out, v.span())),
+                None => valid = false,
+            }
+        }
+        let mut expect_emitted = Vec::new();
+        if let Some(v) = get(table, "expect_emitted") {
+            match self.patterns(v, "expect_emitted") {
+                Some(out) => expect_emitted = out,
+                None => valid = false,
+            }
+        }
+        let mut expect_sinks = None;
+        if let Some(v) = get(table, "expect_sinks") {
+            match self.strings(v, "expect_sinks", false) {
+                Some(sinks) => {
+                    let count = expect.as_ref().map_or(0, |(e, _): &(Vec<Json>, _)| e.len());
+                    if sinks.len() != count {
+                        valid = false;
+                        self.error_coded(
+                            codes::CONFLICT,
+                            v.span(),
+                            format!(
+                                "`expect_sinks` names {} sink(s) but `expect` lists {count} \
+                                 event(s)",
+                                sinks.len()
+                            ),
+                            Some("name the sink of each expected event, in order".to_owned()),
+                        );
                     }
-                    expect = Some((out, v.span()));
+                    expect_sinks = Some(sinks.into_iter().map(|(s, _)| s).collect());
                 }
                 None => valid = false,
             }
@@ -265,7 +293,8 @@ impl Decoder<'_> {
         let has_expectation = get(table, "expect").is_some()
             || get(table, "expect_none")
                 .is_some_and(|v| !matches!(v.get_ref(), DeValue::Boolean(false)))
-            || get(table, "expect_dead_letter").is_some();
+            || get(table, "expect_dead_letter").is_some()
+            || get(table, "expect_emitted").is_some();
         if !has_expectation {
             valid = false;
             self.error_coded(
@@ -273,7 +302,8 @@ impl Decoder<'_> {
                 item.span(),
                 format!("{what} expects nothing"),
                 Some(
-                    "add `expect = [{ ... }]`, `expect_none = true` or `expect_dead_letter = true`"
+                    "add `expect = [{ ... }]`, `expect_none = true`, `expect_dead_letter = true` \
+                     or `expect_emitted = [{ ... }]`"
                         .to_owned(),
                 ),
             );
@@ -288,8 +318,24 @@ impl Decoder<'_> {
             input,
             expect: expect.map(|(e, _)| e).unwrap_or_default(),
             expect_dead_letter,
+            expect_sinks,
+            expect_emitted,
             location,
         })
+    }
+
+    /// An array of subset patterns (tables), as JSON.
+    fn patterns(&mut self, value: &Value<'_>, name: &str) -> Option<Vec<Json>> {
+        let tables = self.tables(value, name)?;
+        let mut out = Vec::new();
+        let mut valid = true;
+        for pattern in tables {
+            match self.json(pattern) {
+                Some(json) => out.push(json),
+                None => valid = false,
+            }
+        }
+        valid.then_some(out)
     }
 
     fn location(&self, span: Range<usize>) -> Location {

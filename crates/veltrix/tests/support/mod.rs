@@ -282,6 +282,10 @@ struct ReceiverState {
     attempts: Mutex<HashMap<String, u32>>,
     /// Accepted event ids with their arrival time, in arrival order.
     delivered: Mutex<Vec<(String, Instant)>>,
+    /// Events per request, in arrival order (every request, whatever it was answered).
+    batches: Mutex<Vec<usize>>,
+    /// Every accepted event, in arrival order.
+    events: Mutex<Vec<Value>>,
     seed: AtomicU64,
 }
 
@@ -329,6 +333,16 @@ impl Receiver {
     pub fn delivered_ids(&self) -> std::collections::HashSet<String> {
         self.delivered().into_iter().map(|(id, _)| id).collect()
     }
+
+    /// How many events each request carried, in arrival order.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.state.batches.lock().unwrap().clone()
+    }
+
+    /// Every accepted event, whole, in arrival order.
+    pub fn events(&self) -> Vec<Value> {
+        self.state.events.lock().unwrap().clone()
+    }
 }
 
 async fn receive(
@@ -347,6 +361,7 @@ async fn receive(
             *attempts.entry(id.clone()).or_default() += 1;
         }
     }
+    state.batches.lock().unwrap().push(ids.len());
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -371,6 +386,7 @@ async fn receive(
         _ => StatusCode::OK,
     };
     if status == StatusCode::OK {
+        state.events.lock().unwrap().extend(events);
         let now = Instant::now();
         state
             .delivered
