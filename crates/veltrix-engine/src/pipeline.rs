@@ -28,9 +28,16 @@
 //! Retries: retryable sink errors are retried up to `attempts_max` attempts in all, waiting a
 //! random time in `[0, min(backoff_max, backoff_initial × 2^n)]` (full jitter; at least the
 //! sink's `Retry-After`, capped at `backoff_max`). Permanent errors and exhausted retries
-//! dead-letter the part's events; so does a processor failing on an event. Head-of-line delay
-//! for one batch is therefore at most `attempts_max × (backoff_max + sink timeout)`; other
-//! workers keep delivering meanwhile. Ordering: none across batches when `workers > 1`.
+//! dead-letter the write's events; so does a processor failing on an event. Poison events: when
+//! the failure points at the data rather than at the sink's availability (a permanent error, or
+//! an HTTP 500 that outlasted the retries) and the write holds more than one event, it is split
+//! in two and each half delivered in order with its own retries, recursively, so only the events
+//! the sink refuses alone are dead-lettered (each after exactly its own attempts) and the rest
+//! are delivered (`veltrix_sink_batch_splits_total`). Unavailability (timeouts, connection
+//! errors, 429, 502–504) dead-letters the whole write: splitting would only multiply the waits.
+//! Head-of-line delay for one batch is therefore at most `attempts_max × (backoff_max + sink
+//! timeout)`, times `1 + ⌈log2 events⌉` per poison event it holds; other workers keep delivering
+//! meanwhile. Ordering: none across batches when `workers > 1`.
 //!
 //! Aggregates: events an aggregate consumes are acknowledged by the pipeline's emitter task once
 //! their window's derived events are durably in the `into` queue (see `processors/aggregate.rs`
@@ -275,6 +282,8 @@ struct SinkMetrics {
     /// `veltrix_pipeline_sink_events_total{outcome="delivered"|"dead_lettered"}`.
     delivered: metrics::Counter,
     dead_lettered: metrics::Counter,
+    /// `veltrix_sink_batch_splits_total`: writes split in two to isolate a poison event.
+    splits: metrics::Counter,
 }
 
 impl SinkMetrics {
@@ -286,7 +295,8 @@ impl SinkMetrics {
             duration: metrics::histogram!("veltrix_sink_request_duration_seconds", "sink" => s.clone()),
             in_flight: metrics::gauge!("veltrix_sink_in_flight_requests", "sink" => s.clone()),
             delivered: metrics::counter!("veltrix_pipeline_sink_events_total", "pipeline" => p.clone(), "sink" => s.clone(), "outcome" => "delivered"),
-            dead_lettered: metrics::counter!("veltrix_pipeline_sink_events_total", "pipeline" => p, "sink" => s, "outcome" => "dead_lettered"),
+            dead_lettered: metrics::counter!("veltrix_pipeline_sink_events_total", "pipeline" => p.clone(), "sink" => s.clone(), "outcome" => "dead_lettered"),
+            splits: metrics::counter!("veltrix_sink_batch_splits_total", "pipeline" => p, "sink" => s),
         }
     }
 }
@@ -587,6 +597,9 @@ enum Written {
     Delivered,
     /// Failed for good.
     Failed {
+        /// The sink refused the data rather than being unavailable (a permanent error, or an
+        /// HTTP 500 that outlasted the retries): splitting the write may isolate the culprit.
+        data_suspect: bool,
         reason: &'static str,
         attempts: u32,
         last_error: String,
@@ -625,11 +638,26 @@ async fn flush(
         let mut stop = stop.clone();
         let ends = &pending.output.parts[*sink].ends;
         async move {
+            let slot = &shared.sinks[*sink];
             let mut results = Vec::with_capacity(writes.len());
-            for &(first, last) in writes {
+            // Writes still to do, next last; a write the sink refuses for its data is split in
+            // two halves (in order) until the refused events stand alone.
+            let mut todo: Vec<Lines> = writes.iter().rev().copied().collect();
+            while let Some((first, last)) = todo.pop() {
                 let start = if first == 0 { 0 } else { ends[first - 1] };
                 let batch = Batch::new(bytes.slice(start..ends[last - 1]), last - first);
-                let written = deliver(shared, &shared.sinks[*sink], &batch, &mut stop).await;
+                let written = deliver(shared, slot, &batch, &mut stop).await;
+                if let Written::Failed {
+                    data_suspect: true, ..
+                } = written
+                    && last - first > 1
+                {
+                    slot.metrics.splits.increment(1);
+                    let middle = first + (last - first) / 2;
+                    todo.push((middle, last));
+                    todo.push((first, middle));
+                    continue;
+                }
                 let stopped = matches!(written, Written::Stopped);
                 results.push(((first, last), written));
                 if stopped {
@@ -660,6 +688,7 @@ async fn flush(
                     shared.counters.add_sink_delivered(*sink, lines);
                 }
                 Written::Failed {
+                    data_suspect: _,
                     reason,
                     attempts,
                     last_error,
@@ -817,7 +846,9 @@ async fn deliver(
             .status
             .map_or_else(|| "error".to_owned(), |s| s.to_string());
         metrics::counter!("veltrix_sink_requests_total", "sink" => slot.name.clone(), "outcome" => outcome, "status" => status).increment(1);
+        let data_suspect = error.retry == Retry::Permanent || error.status == Some(500);
         let failed = |reason| Written::Failed {
+            data_suspect,
             reason,
             attempts: attempt,
             last_error: error.message.clone(),

@@ -157,8 +157,9 @@ impl Moments {
 async fn kill_9_at_random_moments_under_steady_load_loses_no_acknowledged_event() {
     let _alone = ALONE.lock().await;
     let kills = soak("KILLS", 20);
-    // Duplicates may only be events acknowledged shortly before a kill: the pipeline had
-    // delivered them but its cursor position was not persisted yet (every 250 ms).
+    // Duplicates may only be events the sink got shortly before a kill: the pipeline had
+    // delivered them but its cursor position was not persisted yet (every 250 ms), or they were
+    // in flight (no answer to their request).
     const DUPLICATE_WINDOW: Duration = Duration::from_secs(2);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -171,6 +172,20 @@ async fn kill_9_at_random_moments_under_steady_load_loses_no_acknowledged_event(
     let sink = dir.path().join("out/archive.ndjson");
     let mut accepted: HashMap<String, Instant> = HashMap::new();
     let mut kill_times = Vec::new();
+    // When each byte of the sink file was written: its length sampled every 10 ms.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (sink, sampling) = (sink.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            let mut samples: Vec<(Instant, u64)> = Vec::new();
+            while sampling.load(Ordering::Relaxed) {
+                let len = std::fs::metadata(&sink).map_or(0, |m| m.len());
+                samples.push((Instant::now(), len));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            samples
+        })
+    };
     for round in 0..kills {
         let engine = Engine::start(&cfg);
         let stop = Arc::new(AtomicBool::new(false));
@@ -193,16 +208,32 @@ async fn kill_9_at_random_moments_under_steady_load_loses_no_acknowledged_event(
     let engine = Engine::start(&cfg);
     let expected: HashSet<String> = accepted.keys().cloned().collect();
     let missing = missing_from_sink(&sink, &expected);
+    sampling.store(false, Ordering::Relaxed);
+    let samples = sampler.join().unwrap();
     let counts = sink_counts(&sink);
     let duplicated: Vec<(&String, &u32)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    // When each duplicated id first reached the sink: the first sample past its line's end.
+    let text = std::fs::read_to_string(&sink).unwrap();
+    let mut first_written: HashMap<&str, Instant> = HashMap::new();
+    let mut end = 0u64;
+    for line in text.split_inclusive('\n') {
+        end += line.len() as u64;
+        let Ok(value) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let Some(id) = value["id"].as_str() else {
+            continue;
+        };
+        if counts.get(id).is_some_and(|n| *n > 1) && !first_written.contains_key(id) {
+            let at = samples.iter().find(|(_, len)| *len >= end).map(|(t, _)| *t);
+            first_written.insert(id, at.unwrap_or_else(Instant::now));
+        }
+    }
     let outside_window: Vec<&String> = duplicated
         .iter()
         .map(|(id, _)| *id)
         .filter(|id| {
-            // A duplicate whose request got no answer was in flight at a kill by definition.
-            let Some(&at) = accepted.get(*id) else {
-                return false;
-            };
+            let at = first_written[id.as_str()];
             !kill_times
                 .iter()
                 .any(|k| *k >= at && *k - at <= DUPLICATE_WINDOW)
@@ -210,7 +241,7 @@ async fn kill_9_at_random_moments_under_steady_load_loses_no_acknowledged_event(
         .collect();
     println!(
         "kill -9: seed {seed}, {kills} kills, {} events acknowledged, {} lost, {} duplicated \
-         (each acknowledged within {DUPLICATE_WINDOW:?} before a kill), {} sink lines",
+         (each written to the sink within {DUPLICATE_WINDOW:?} before a kill), {} sink lines",
         accepted.len(),
         missing.len(),
         duplicated.len(),
@@ -229,7 +260,7 @@ async fn kill_9_at_random_moments_under_steady_load_loses_no_acknowledged_event(
     );
     assert!(
         outside_window.is_empty(),
-        "duplicates of events acknowledged long before any kill (seed {seed}): {:?}",
+        "duplicates of events the sink got long before any kill (seed {seed}): {:?}",
         &outside_window[..outside_window.len().min(5)]
     );
     assert!(engine.stop().success());
@@ -583,3 +614,85 @@ async fn a_full_disk_answers_503_with_retry_after_and_ingestion_resumes_when_spa
     );
     assert!(engine.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_events_are_dead_lettered_alone_after_exactly_the_configured_attempts() {
+    let _alone = ALONE.lock().await;
+    const ATTEMPTS: u64 = 3;
+    let events = soak("POISON_EVENTS", 5_000) as usize;
+    let receiver = Receiver::start().await;
+    receiver.set_mode(Mode::FailPoison);
+    let dir = tempfile::tempdir().unwrap();
+    let topology = format!(
+        "[queues.q]\ntypes = [\"*\"]\n[pipelines.p]\nfrom = [\"q\"]\nworkers = 2\nbatch_events_max = 100\n\
+         retry = {{ attempts_max = {ATTEMPTS}, backoff_initial = \"5ms\", backoff_max = \"20ms\" }}\n\
+         sink = \"downstream\"\n[sinks.downstream]\ntype = \"http\"\nurl = \"{}\"\n",
+        receiver.url
+    );
+    let engine = Engine::start(&config(dir.path(), &topology));
+    // 1 % poison, spread so that most batches of 100 hold one.
+    let ids: Vec<String> = (0..events)
+        .map(|i| {
+            if i % 100 == 37 {
+                format!("poison-{i}")
+            } else {
+                format!("ok-{i}")
+            }
+        })
+        .collect();
+    let started = Instant::now();
+    for chunk in ids.chunks(500) {
+        let batch: Vec<Value> = chunk.iter().map(|id| event(id)).collect();
+        let (status, body) = post(&engine.ingest, "application/x-ndjson", ndjson(&batch), &[]).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let healthy: HashSet<&String> = ids.iter().filter(|id| id.starts_with("ok-")).collect();
+    let poison: HashSet<&String> = ids.iter().filter(|id| id.starts_with("poison")).collect();
+    assert!(
+        wait_until(async || {
+            let got = receiver.delivered_ids();
+            healthy.iter().all(|id| got.contains(*id))
+        })
+        .await,
+        "every healthy event delivered"
+    );
+    let api = engine.api.clone();
+    assert!(
+        wait_until(async || dlq(&api, "p").await.len() >= poison.len()).await,
+        "every poison event dead-lettered"
+    );
+    let elapsed = started.elapsed();
+    let dead = dlq(&api, "p").await;
+    let dead_ids: HashSet<String> = dead
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        dead_ids,
+        poison.iter().map(|s| (*s).clone()).collect::<HashSet<_>>(),
+        "only the poison events are dead-lettered"
+    );
+    for entry in &dead {
+        assert_eq!(entry["attempts"], ATTEMPTS, "{entry}");
+        assert_eq!(entry["reason"], "retries exhausted", "{entry}");
+        assert!(
+            entry["last_error"].as_str().unwrap_or_default().contains("500"),
+            "{entry}"
+        );
+    }
+    let delivered = receiver.delivered_ids();
+    assert!(
+        poison.iter().all(|id| !delivered.contains(*id)),
+        "a poison event never counts as delivered"
+    );
+    let splits = metric(&engine.api, "veltrix_sink_batch_splits_total", &["sink=\"downstream\""]).await;
+    println!(
+        "poison: {events} events, {} poison (1 %): all {} healthy delivered, the {} poison \
+         dead-lettered alone after {ATTEMPTS} attempts each, {splits} batch splits, {elapsed:?} in all",
+        poison.len(),
+        healthy.len(),
+        dead.len()
+    );
+    assert!(engine.stop().success());
+}
+

@@ -270,7 +270,8 @@ pub enum Mode {
     Flaky = 2,
     /// 400: the batch is refused for good.
     Refuse = 3,
-    /// 503 for any batch holding an event whose id starts with `poison`.
+    /// 500 for any batch holding an event whose id starts with `poison` (a receiver that
+    /// crashes on that data; retryable, so only splitting the batch gets the rest through).
     FailPoison = 4,
 }
 
@@ -382,7 +383,7 @@ async fn receive(
             }
         }
         3 => StatusCode::BAD_REQUEST,
-        4 if ids.iter().any(|id| id.starts_with("poison")) => StatusCode::SERVICE_UNAVAILABLE,
+        4 if ids.iter().any(|id| id.starts_with("poison")) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::OK,
     };
     if status == StatusCode::OK {
