@@ -69,11 +69,19 @@ pub struct FilterKind;
 #[derive(Debug, Clone, Copy)]
 pub struct RemapKind;
 
+/// Marks an expression evaluated to a value (a PostgreSQL sink's mapped column).
+#[derive(Debug, Clone, Copy)]
+pub struct ValueKind;
+
 /// A compiled filter condition: events for which it returns `false` are dropped.
 pub type Filter = Expr<FilterKind>;
 
 /// A compiled remap program: it modifies the event in place.
 pub type Remap = Expr<RemapKind>;
+
+/// A compiled value expression: read-only, evaluated per event to one value (`.data.player`,
+/// `to_int!(.data.score)`).
+pub type ValueExpr = Expr<ValueKind>;
 
 impl<K> Expr<K> {
     fn new(source: &str, program: Program, warnings: Vec<ExprDiagnostic>) -> Self {
@@ -157,6 +165,20 @@ impl Expr<RemapKind> {
     /// modified.
     pub fn run(&self, runtime: &mut Runtime, event: &mut Value) -> Result<(), RunError> {
         runtime.resolve(&self.program, event).map(drop)
+    }
+}
+
+impl Expr<ValueKind> {
+    /// Compiles an expression. Like a filter condition it must not modify the event; unlike one
+    /// it may return any type.
+    pub fn compile(source: &str) -> Result<ValueExpr, Vec<ExprDiagnostic>> {
+        let (program, warnings) = compile(source, true)?;
+        Ok(ValueExpr::new(source, program, warnings))
+    }
+
+    /// The expression's value for `event` (which it does not modify).
+    pub fn evaluate(&self, runtime: &mut Runtime, event: &mut Value) -> Result<Value, RunError> {
+        runtime.resolve(&self.program, event)
     }
 }
 
@@ -617,5 +639,24 @@ mod tests {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Filter>();
         assert_send_sync::<Remap>();
+        assert_send_sync::<ValueExpr>();
+    }
+
+    #[test]
+    fn a_value_expression_returns_any_value_and_is_read_only() {
+        let mut rt = Runtime::new();
+        let mut value = event_to_value(&event(PAYMENT)).unwrap();
+        let score = ValueExpr::compile("to_int!(.data.amount) * 2").unwrap();
+        assert_eq!(score.evaluate(&mut rt, &mut value), Ok(Value::Integer(24)));
+        let data = ValueExpr::compile(".data").unwrap();
+        assert!(matches!(data.evaluate(&mut rt, &mut value), Ok(Value::Object(_))));
+        let missing = ValueExpr::compile(".data.nothing").unwrap();
+        assert_eq!(missing.evaluate(&mut rt, &mut value), Ok(Value::Null));
+        let fails = ValueExpr::compile("int!(.data.amount)").unwrap();
+        assert!(matches!(fails.evaluate(&mut rt, &mut value), Err(RunError::Failed(_))));
+        let writes = ValueExpr::compile(".x = 1").unwrap_err();
+        assert!(writes[0].message.contains("read-only"), "{writes:?}");
+        let fallible = ValueExpr::compile("to_int(.data.amount) * 2").unwrap_err();
+        assert!(fallible[0].message.contains("E"), "{fallible:?}");
     }
 }

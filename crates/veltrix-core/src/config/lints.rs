@@ -47,6 +47,8 @@ pub mod codes {
     pub const CONFLICT: &str = "V010";
     /// Two pipelines share one dead-letter queue.
     pub const SHARED_DEAD_LETTER: &str = "V011";
+    /// Events can flow from a queue back into itself (queue sinks into queues read upstream).
+    pub const QUEUE_CYCLE: &str = "V012";
 
     // Warnings: legal but suspicious.
     /// The VRL compiler warns about a program.
@@ -229,10 +231,129 @@ fn shadowed_by<'c>(config: &'c Config, index: usize, pattern: &TypePattern) -> O
         .map(|(name, _)| name.as_str())
 }
 
-/// Whether no event can ever be routed to queue number `index`.
+/// One way events move from one queue into another inside the engine: pipeline `pipeline`
+/// reads `from` and puts events into `into`. `at` is the config path of the value that makes the
+/// move (diagnostics point there), `via` says how in a few words ("queue sink `s`").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEdge<'c> {
+    pub from: &'c str,
+    pub into: &'c str,
+    pub pipeline: &'c str,
+    pub via: String,
+    pub at: Vec<&'c str>,
+}
+
+/// Every queue-to-queue edge of `config`, in file order. The one place that knows which
+/// components put events into queues (today: sinks with `type = "queue"`); the cycle check and
+/// the reachability lints work on its result only.
+pub fn queue_edges(config: &Config) -> Vec<QueueEdge<'_>> {
+    let mut edges = Vec::new();
+    for (pipeline_name, pipeline) in &config.pipelines {
+        if let Some((sink_name, SinkConfig::Queue { queue })) =
+            config.sinks.get_key_value(&pipeline.sink)
+        {
+            for from in &pipeline.from {
+                edges.push(QueueEdge {
+                    from,
+                    into: queue,
+                    pipeline: pipeline_name,
+                    via: format!("queue sink `{sink_name}`"),
+                    at: vec!["sinks", sink_name, "queue"],
+                });
+            }
+        }
+    }
+    edges
+}
+
+/// Queues that some sink feeds (whatever the pipeline writing to it reads).
+pub fn fed_queues(config: &Config) -> Vec<&str> {
+    config
+        .sinks
+        .values()
+        .filter_map(|s| match s {
+            SinkConfig::Queue { queue } => Some(queue.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The cycles of the queue graph `edges`, each once (as the list of its edges, starting at the
+/// edge that comes first in `edges`). A queue feeding itself is a cycle of one edge.
+pub fn queue_cycles<'e, 'c>(edges: &'e [QueueEdge<'c>]) -> Vec<Vec<&'e QueueEdge<'c>>> {
+    let mut cycles: Vec<Vec<&QueueEdge<'c>>> = Vec::new();
+    for (start, first) in edges.iter().enumerate() {
+        // Shortest path from `first.into` back to `first.from` (breadth first), using edges
+        // from `start` on only: a cycle through an earlier edge was found from that edge.
+        let mut previous: HashMap<&str, usize> = HashMap::new();
+        let mut frontier = vec![first.into];
+        let mut seen = vec![first.into];
+        while !frontier.is_empty() && !seen.contains(&first.from) {
+            let mut next = Vec::new();
+            for queue in frontier {
+                for (i, e) in edges.iter().enumerate().skip(start) {
+                    if e.from == queue && !seen.contains(&e.into) {
+                        seen.push(e.into);
+                        previous.insert(e.into, i);
+                        next.push(e.into);
+                    }
+                }
+            }
+            frontier = next;
+        }
+        if !seen.contains(&first.from) {
+            continue;
+        }
+        let mut cycle = Vec::new();
+        let mut at = first.from;
+        while at != first.into {
+            let e = previous[at];
+            cycle.push(&edges[e]);
+            at = edges[e].from;
+        }
+        cycle.push(first);
+        cycle.reverse();
+        let same = |other: &Vec<&QueueEdge<'c>>| {
+            other.len() == cycle.len() && cycle.iter().all(|e| other.iter().any(|o| o == e))
+        };
+        if !cycles.iter().any(same) {
+            cycles.push(cycle);
+        }
+    }
+    cycles
+}
+
+fn queue_cycle_errors(config: &Config, at: &Locations, out: &mut Vec<Diagnostic>) {
+    let edges = queue_edges(config);
+    for cycle in queue_cycles(&edges) {
+        let first = cycle[0];
+        let mut path = format!("`{}`", first.from);
+        for e in &cycle {
+            path.push_str(&format!(
+                " → pipeline `{}` → {} → `{}`",
+                e.pipeline, e.via, e.into
+            ));
+        }
+        out.push(at.diagnostic(
+            at.value(&first.at).or_else(|| at.key(&first.at[..2])),
+            Severity::Error,
+            codes::QUEUE_CYCLE,
+            format!("queue cycle: {path}: events would go round forever"),
+            Some(
+                "break the cycle: a queue sink must not feed a queue its own pipeline reads \
+                 directly or through later stages"
+                    .to_owned(),
+            ),
+        ));
+    }
+}
+
+/// Whether no event can ever be routed to queue number `index` (a queue a sink feeds is
+/// reachable that way).
 fn unreachable(config: &Config, index: usize) -> bool {
-    let queue = &config.queues[index];
-    !queue.types.is_empty()
+    let (name, queue) = config.queues.get_index(index).expect("index of a queue");
+    !fed_queues(config).contains(&name.as_str())
+        && !queue.types.is_empty()
         && queue
             .types
             .iter()
@@ -245,6 +366,7 @@ pub fn retry_hold(pipeline: &PipelineConfig, sink: Option<&SinkConfig>) -> Durat
     let retry = &pipeline.retry;
     let attempt = match sink {
         Some(SinkConfig::Http { timeout, .. }) => *timeout,
+        Some(SinkConfig::Postgres(p)) => p.timeout,
         _ => Duration::ZERO,
     };
     retry
@@ -256,6 +378,7 @@ pub fn retry_hold(pipeline: &PipelineConfig, sink: Option<&SinkConfig>) -> Durat
 /// The lints of a valid config that need nothing but the config (run by `config::load`).
 pub(crate) fn check(config: &Config, at: &Locations) -> Vec<Diagnostic> {
     let mut out = Vec::new();
+    queue_cycle_errors(config, at, &mut out);
     shared_dead_letters(config, at, &mut out);
     shadowed_patterns(config, at, &mut out);
     unreachable_pipelines(config, at, &mut out);
@@ -380,6 +503,8 @@ fn retries_above_starvation(config: &Config, at: &Locations, out: &mut Vec<Diagn
                 match config.sinks.get(&pipeline.sink) {
                     Some(SinkConfig::Http { timeout, .. }) =>
                         format!(", plus a {} timeout per attempt", format_duration(*timeout)),
+                    Some(SinkConfig::Postgres(p)) =>
+                        format!(", plus a {} timeout per attempt", format_duration(p.timeout)),
                     _ => String::new(),
                 },
                 format_duration(pipeline.starvation_max)
@@ -405,6 +530,12 @@ fn memory_queues_feeding_delivery(config: &Config, at: &Locations, out: &mut Vec
             .filter_map(|(p, pipeline)| match config.sinks.get(&pipeline.sink)? {
                 SinkConfig::File { .. } => Some(format!("`{p}` (file sink `{}`)", pipeline.sink)),
                 SinkConfig::Http { .. } => Some(format!("`{p}` (http sink `{}`)", pipeline.sink)),
+                SinkConfig::Postgres(_) => {
+                    Some(format!("`{p}` (postgres sink `{}`)", pipeline.sink))
+                }
+                SinkConfig::Queue { .. } => {
+                    Some(format!("`{p}` (queue sink `{}`)", pipeline.sink))
+                }
                 SinkConfig::Custom(c) => {
                     Some(format!("`{p}` ({} sink `{}`)", c.type_name, pipeline.sink))
                 }

@@ -288,9 +288,11 @@ pub fn reference() -> Vec<SectionDoc> {
                     "types",
                     "array of strings (glob patterns)",
                     DefaultDoc::Required,
-                    "not empty",
+                    "not empty, unless a queue sink feeds the queue",
                     "Glob patterns over the whole CloudEvents `type`: `*` matches any run of \
-                     characters (`.` included), `?` exactly one (`order.*`, `*`).",
+                     characters (`.` included), `?` exactly one (`order.*`, `*`). `[]`: no event \
+                     is routed here from sources; only a sink with `type = \"queue\"` feeds \
+                     it (a stage of a multi-stage pipeline).",
                 ),
                 key(
                     "priority",
@@ -504,7 +506,9 @@ pub fn reference() -> Vec<SectionDoc> {
                      NDJSON on standard output; `blackhole`: discards; `http`: POSTs each \
                      batch to `url` as `application/cloudevents-batch+json` (timeouts, \
                      connection errors, 5xx, 408 and 429 are retried; other answers are \
-                     permanent).",
+                     permanent); `postgres`: inserts each batch into `table` in one \
+                     transaction, once per (`source`, `id`); `queue`: appends each batch to \
+                     the configured queue `queue`, durably.",
                 ),
                 key(
                     "path",
@@ -516,16 +520,98 @@ pub fn reference() -> Vec<SectionDoc> {
                 key(
                     "url",
                     "string",
-                    text("required for `http`"),
-                    "an `http://` URL",
-                    "`http` only: the endpoint.",
+                    text("required for `http` and `postgres`"),
+                    "`http`: an `http://` URL; `postgres`: a `postgres://` URL",
+                    "`http`: the endpoint. `postgres`: the server, \
+                     `postgres://user:password@host:port/database` (libpq URL parameters \
+                     allowed; no TLS yet). The engine starts without connecting; batches are \
+                     retried until the server answers.",
                 ),
                 key(
                     "timeout",
                     DURATION,
                     duration(DEFAULT_HTTP_TIMEOUT),
                     "more than 0",
-                    "`http` only: the longest wait for one request's answer.",
+                    "`http`: the longest wait for one request's answer. `postgres`: the \
+                     longest one batch may take, waiting for a connection included (a batch \
+                     over it is rolled back and retried).",
+                ),
+                key(
+                    "concurrency",
+                    "`\"adaptive\"`, integer, or table `{ initial, max }`",
+                    value("\"adaptive\""),
+                    format!("1 to {CONCURRENCY_MAX_MAX}; `initial` ≤ `max`"),
+                    format!(
+                        "`http` only: requests in flight at once (across the workers of every \
+                         pipeline writing to the sink; each worker sends one at a time, so raise \
+                         `workers` to use more). A number is a fixed limit; `\"adaptive\"` \
+                         (`{{ initial = {DEFAULT_CONCURRENCY_INITIAL}, max = \
+                         {DEFAULT_CONCURRENCY_MAX} }}`) starts at `initial`, adds 1 per round \
+                         trip while answers come back as fast as usual, and halves on 429, 503, \
+                         timeouts or connection errors (×0.9 when round trips grow well above \
+                         their average). Metric: `veltrix_sink_concurrency_limit`."
+                    ),
+                ),
+                key(
+                    "queue",
+                    "string",
+                    text("required for `queue`"),
+                    "names a queue; no cycle",
+                    "`queue` only: the queue the events are appended to, with that queue's \
+                     durability and `when_full` (a full backpressure queue is retried). A \
+                     pipeline reading it must not lead back to a queue upstream (V012).",
+                ),
+                key(
+                    "schema",
+                    "string",
+                    value(format!("\"{DEFAULT_POSTGRES_SCHEMA}\"")),
+                    format!("1 to {SQL_IDENTIFIER_BYTES_MAX} bytes"),
+                    "`postgres` only: the table's schema.",
+                ),
+                key(
+                    "table",
+                    "string",
+                    text("required for `postgres`"),
+                    format!("1 to {SQL_IDENTIFIER_BYTES_MAX} bytes"),
+                    "`postgres` only: the table (`id text, source text, type text, time \
+                     timestamptz, subject text, data jsonb`, the mapped `columns`, primary key \
+                     (`source`, `id`)).",
+                ),
+                key(
+                    "create_table",
+                    "boolean",
+                    value("true"),
+                    "",
+                    "`postgres` only: create the table (and nothing else) if it is missing, \
+                     before the first insert. `false`: a missing table dead-letters batches \
+                     (SQLSTATE 42P01).",
+                ),
+                key(
+                    "pool_size",
+                    "integer",
+                    value(DEFAULT_POSTGRES_POOL_SIZE.to_string()),
+                    format!("1 to {POSTGRES_POOL_SIZE_MAX}"),
+                    "`postgres` only: most connections open at once (a batch waits for one \
+                     within `timeout`). Metric: `veltrix_sink_pool_connections`.",
+                ),
+                key(
+                    "columns",
+                    "table of column = VRL string or `{ expr, type }`",
+                    value("{}"),
+                    format!(
+                        "plain identifiers, not a fixed column; `type` one of {}",
+                        ColumnType::ALL
+                            .iter()
+                            .map(|(n, _)| format!("`\"{n}\"`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    "`postgres` only: extra columns, each filled by a read-only VRL expression \
+                     over the event (`player = '.data.player'`, `score = { expr = \
+                     'to_int!(.data.score)', type = \"bigint\" }`). Without `type` a column is \
+                     `text`: strings as they are, other values as JSON text. `null` stores \
+                     NULL; an expression failing at run time, or a value the column type \
+                     refuses (SQLSTATE 22xxx), dead-letters the batch.",
                 ),
             ],
         },
@@ -711,6 +797,10 @@ mod tests {
             "[queues.NAME]" => topology(line, "", ""),
             "[pipelines.NAME]" => topology("", line, ""),
             "retry" => topology("", &format!("retry = {{ {line} }}"), ""),
+            "[sinks.NAME]" if POSTGRES_SINK_KEYS.contains(&key) && key != "timeout" => format!(
+                "[queues.q]\ntypes = [\"*\"]\n[pipelines.p]\nfrom = [\"q\"]\nsink = \"s\"\n\
+                 [sinks.s]\ntype = \"postgres\"\nurl = \"postgres://h/d\"\ntable = \"t\"\n{line}\n"
+            ),
             "[sinks.NAME]" => topology("", "", line),
             "[[tests]]" => {
                 // Some expectation is required: one the line does not set.
