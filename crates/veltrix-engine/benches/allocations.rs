@@ -115,6 +115,8 @@ fn breakdown(config: &veltrix_core::config::Config, body: &[u8]) {
                         counted(&mut steps[2], || m.run(&mut runtime, &mut value).unwrap());
                     }
                     ProcessorConfig::Remap(_) => {}
+                    // The bench config has built-in processors only.
+                    _ => unreachable!("a custom processor in the allocation bench"),
                 }
             }
             if kept {

@@ -133,7 +133,7 @@ impl Running {
         &mut self,
         new: &Config,
         force: bool,
-        live: &Live,
+        live: &Arc<Live>,
     ) -> Result<Changes, EngineError> {
         let empty = Config {
             queues: Default::default(),
@@ -235,7 +235,7 @@ impl Running {
         for name in sink_delta.added.iter().chain(&sink_delta.changed) {
             let config = &new.sinks[name];
             let sink =
-                sink::start(name, config, &self.plugins).map_err(|source| EngineError::Sink {
+                sink::start(name, config, &self.plugins, live).map_err(|source| EngineError::Sink {
                     sink: name.clone(),
                     source,
                 })?;
@@ -430,6 +430,8 @@ impl Running {
                 let (kind, target) = match s {
                     SinkConfig::File { path } => ("file".to_owned(), path.display().to_string()),
                     SinkConfig::Http { url, .. } => ("http".to_owned(), url.clone()),
+                    SinkConfig::Postgres(_) => ("postgres".to_owned(), running.sink.describe()),
+                    SinkConfig::Queue { queue } => ("queue".to_owned(), queue.clone()),
                     SinkConfig::Stdout => ("stdout".to_owned(), "<stdout>".to_owned()),
                     SinkConfig::Blackhole => ("blackhole".to_owned(), String::new()),
                     SinkConfig::Custom(c) => (c.type_name.clone(), running.sink.describe()),

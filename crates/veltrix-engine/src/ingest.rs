@@ -338,6 +338,34 @@ pub(crate) async fn store(live: &Live, events: &[event::Event]) -> Result<Accept
     })
 }
 
+/// Appends `records` (stored form) to `queue` as one batch and waits until they are as durable
+/// as the queue promises, with the queue's `when_full` policy: a full backpressure queue is
+/// `Err(Full)`, a `drop_*` queue drops (counted). Returns how many records were dropped. How
+/// the queue sink stores; ingest does the same per queue, all queues checked first.
+pub(crate) async fn append_to_queue(queue: &Queue, records: &[&[u8]]) -> Result<usize, StoreError> {
+    if records.is_empty() {
+        return Ok(0);
+    }
+    if let Err(e) = make_room(queue, records) {
+        if !matches!(e, veltrix_log::Error::Full(_)) || queue.when_full == WhenFull::Backpressure
+        {
+            return Err(append_error(&queue.name, e));
+        }
+        queue
+            .counters
+            .dropped
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        count_drop(&queue.name, "queue_full", records.len() as u64, &e);
+        return Ok(records.len());
+    }
+    let ticket = queue
+        .log
+        .append_batch(records)
+        .map_err(|e| append_error(&queue.name, e))?;
+    ticket.await.map_err(|e| append_error(&queue.name, e))?;
+    Ok(0)
+}
+
 fn unroutable_problem(unroutable: Vec<EventProblem>) -> Problem {
     Problem::new(
         StatusCode::UNPROCESSABLE_ENTITY,

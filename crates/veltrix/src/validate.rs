@@ -193,14 +193,17 @@ fn nearest_existing(path: &Path) -> Option<PathBuf> {
     }
 }
 
-/// V042: every http sink's host and port must accept a TCP connection (tried in parallel,
-/// each within [`CONNECT_TIMEOUT`]).
+/// V042: every http and postgres sink's host and port must accept a TCP connection (tried in
+/// parallel, each within [`CONNECT_TIMEOUT`]).
 fn check_connections(config: &Config, at: &Locations) -> Vec<Diagnostic> {
     let sinks: Vec<(&str, &str, Duration)> = config
         .sinks
         .iter()
         .filter_map(|(name, sink)| match sink {
-            SinkConfig::Http { url, timeout } => Some((name.as_str(), url.as_str(), *timeout)),
+            SinkConfig::Http { url, timeout, .. } => {
+                Some((name.as_str(), url.as_str(), *timeout))
+            }
+            SinkConfig::Postgres(pg) => Some((name.as_str(), pg.url.as_str(), pg.timeout)),
             _ => None,
         })
         .collect();
@@ -256,9 +259,17 @@ fn connect(url: &str, timeout: Duration) -> Result<(), String> {
     Err(last)
 }
 
-/// `("example.com", 8080)` from `http://user@example.com:8080/path`; port 80 by default.
+/// `("example.com", 8080)` from `http://user@example.com:8080/path`; port 80 by default (5432
+/// for `postgres://` and `postgresql://`).
 fn host_port(url: &str) -> Option<(String, u16)> {
-    let rest = url.strip_prefix("http://")?;
+    let (rest, default_port) = match url.strip_prefix("http://") {
+        Some(rest) => (rest, 80),
+        None => (
+            url.strip_prefix("postgres://")
+                .or_else(|| url.strip_prefix("postgresql://"))?,
+            5432,
+        ),
+    };
     let authority = rest.split(['/', '?', '#']).next()?;
     let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
@@ -272,7 +283,7 @@ fn host_port(url: &str) -> Option<(String, u16)> {
     };
     let port = match port {
         Some(p) => p.parse().ok()?,
-        None => 80,
+        None => default_port,
     };
     (!host.is_empty()).then(|| (host.to_owned(), port))
 }
@@ -448,6 +459,8 @@ mod tests {
         assert_eq!(hp("http://[::1]:8080/"), Some(("::1".into(), 8080)));
         assert_eq!(hp("http://[::1]/"), Some(("::1".into(), 80)));
         assert_eq!(hp("http://:80/"), None);
+        assert_eq!(hp("postgres://u:p@db:5433/x"), Some(("db".into(), 5433)));
+        assert_eq!(hp("postgresql://db/x?sslmode=disable"), Some(("db".into(), 5432)));
         assert_eq!(hp("http://h:port/"), None);
     }
 
