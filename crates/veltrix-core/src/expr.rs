@@ -649,11 +649,17 @@ mod tests {
         let score = ValueExpr::compile("to_int!(.data.amount) * 2").unwrap();
         assert_eq!(score.evaluate(&mut rt, &mut value), Ok(Value::Integer(24)));
         let data = ValueExpr::compile(".data").unwrap();
-        assert!(matches!(data.evaluate(&mut rt, &mut value), Ok(Value::Object(_))));
+        assert!(matches!(
+            data.evaluate(&mut rt, &mut value),
+            Ok(Value::Object(_))
+        ));
         let missing = ValueExpr::compile(".data.nothing").unwrap();
         assert_eq!(missing.evaluate(&mut rt, &mut value), Ok(Value::Null));
         let fails = ValueExpr::compile("int!(.data.amount)").unwrap();
-        assert!(matches!(fails.evaluate(&mut rt, &mut value), Err(RunError::Failed(_))));
+        assert!(matches!(
+            fails.evaluate(&mut rt, &mut value),
+            Err(RunError::Failed(_))
+        ));
         let writes = ValueExpr::compile(".x = 1").unwrap_err();
         assert!(writes[0].message.contains("read-only"), "{writes:?}");
         let fallible = ValueExpr::compile("to_int(.data.amount) * 2").unwrap_err();

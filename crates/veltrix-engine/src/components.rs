@@ -234,11 +234,12 @@ impl Running {
         }
         for name in sink_delta.added.iter().chain(&sink_delta.changed) {
             let config = &new.sinks[name];
-            let sink =
-                sink::start(name, config, &self.plugins, live).map_err(|source| EngineError::Sink {
+            let sink = sink::start(name, config, &self.plugins, live).map_err(|source| {
+                EngineError::Sink {
                     sink: name.clone(),
                     source,
-                })?;
+                }
+            })?;
             self.sinks.insert(
                 name.clone(),
                 RunningSink {

@@ -316,7 +316,10 @@ mod tests {
         let t = rounds(&mut c, &mut now, 8, 10 * MS, capacity);
         // 8 refused: halved once (not once per refusal) to 4; then 4 → 5 → refused → 2 ...
         assert_eq!(t, [4, 5, 2, 3, 4, 5, 2, 3]);
-        assert!(t.iter().all(|&l| l <= 5), "never more than one above capacity");
+        assert!(
+            t.iter().all(|&l| l <= 5),
+            "never more than one above capacity"
+        );
         let mean = t.iter().sum::<usize>() as f64 / t.len() as f64;
         assert!(mean <= 4.0, "on average within capacity: {mean}");
     }

@@ -347,8 +347,7 @@ pub(crate) async fn append_to_queue(queue: &Queue, records: &[&[u8]]) -> Result<
         return Ok(0);
     }
     if let Err(e) = make_room(queue, records) {
-        if !matches!(e, veltrix_log::Error::Full(_)) || queue.when_full == WhenFull::Backpressure
-        {
+        if !matches!(e, veltrix_log::Error::Full(_)) || queue.when_full == WhenFull::Backpressure {
             return Err(append_error(&queue.name, e));
         }
         queue

@@ -68,9 +68,8 @@ fn quote(identifier: &str) -> String {
 impl PostgresSink {
     /// Builds the sink and its pool without connecting.
     pub(crate) fn new(name: &str, config: &PostgresSinkConfig) -> io::Result<PostgresSink> {
-        let mut pg = tokio_postgres::Config::from_str(&config.url).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("`url`: {e}"))
-        })?;
+        let mut pg = tokio_postgres::Config::from_str(&config.url)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("`url`: {e}")))?;
         pg.connect_timeout(config.timeout);
         let statement_timeout = format!("-c statement_timeout={}", config.timeout.as_millis());
         let options = match pg.get_options() {
@@ -111,9 +110,7 @@ impl PostgresSink {
             .recycle_timeout(Some(config.timeout))
             .build()
             .map_err(io::Error::other)?;
-        let gauge = |state: &'static str| {
-            metrics::gauge!("veltrix_sink_pool_connections", "sink" => name.to_owned(), "state" => state)
-        };
+        let gauge = |state: &'static str| metrics::gauge!("veltrix_sink_pool_connections", "sink" => name.to_owned(), "state" => state);
         Ok(PostgresSink {
             insert_sql: insert_sql(config),
             create_sql: create_sql(config),
@@ -163,10 +160,8 @@ impl PostgresSink {
                 self.table_ready.store(true, Ordering::Release);
             }
         }
-        let params: Vec<&(dyn ToSql + Sync)> = columns
-            .iter()
-            .map(|c| c as &(dyn ToSql + Sync))
-            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> =
+            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         let tx = client
             .transaction()
             .await
@@ -196,10 +191,7 @@ impl PostgresSink {
         let detail = e
             .as_db_error()
             .map_or_else(|| e.to_string(), |db| db.message().to_owned());
-        let message = format!(
-            "{} {doing}: SQLSTATE {code}: {detail}",
-            self.description
-        );
+        let message = format!("{} {doing}: SQLSTATE {code}: {detail}", self.description);
         if code == "42P01" && self.config.create_table {
             self.table_ready.store(false, Ordering::Release);
             return SinkError::retryable(message);
@@ -278,10 +270,14 @@ fn insert_sql(config: &PostgresSinkConfig) -> String {
 
 /// The batch as columns of text (NULL as `None`), in the order of [`insert_sql`]. A mapped
 /// column whose expression fails on an event fails the batch for good.
-fn columns(config: &PostgresSinkConfig, batch: &Batch) -> Result<Vec<Vec<Option<String>>>, SinkError> {
+fn columns(
+    config: &PostgresSinkConfig,
+    batch: &Batch,
+) -> Result<Vec<Vec<Option<String>>>, SinkError> {
     let n = batch.len();
-    let mut out: Vec<Vec<Option<String>>> =
-        (0..6 + config.columns.len()).map(|_| Vec::with_capacity(n)).collect();
+    let mut out: Vec<Vec<Option<String>>> = (0..6 + config.columns.len())
+        .map(|_| Vec::with_capacity(n))
+        .collect();
     let mut runtime = expr::Runtime::new();
     for line in batch.lines() {
         let event = Event::from_stored(line)
@@ -303,13 +299,16 @@ fn columns(config: &PostgresSinkConfig, batch: &Batch) -> Result<Vec<Vec<Option<
             .map_or_else(|| expr::event_to_value(&event), Ok)
             .map_err(|e| SinkError::permanent(format!("event `{}`: {e}", event.id())))?;
         for (i, column) in config.columns.iter().enumerate() {
-            let result = column.expr.evaluate(&mut runtime, &mut value).map_err(|e| {
-                SinkError::permanent(format!(
-                    "column `{}` of event `{}`: {e}",
-                    column.name,
-                    event.id()
-                ))
-            })?;
+            let result = column
+                .expr
+                .evaluate(&mut runtime, &mut value)
+                .map_err(|e| {
+                    SinkError::permanent(format!(
+                        "column `{}` of event `{}`: {e}",
+                        column.name,
+                        event.id()
+                    ))
+                })?;
             out[6 + i].push(column_text(column.sql_type, &result));
         }
     }
@@ -324,9 +323,7 @@ fn column_text(sql_type: ColumnType, value: &Value) -> Option<String> {
         Value::Bytes(_) | Value::String(_) if sql_type != ColumnType::Jsonb => {
             value.to_str_lossy().map(|s| s.into_owned())
         }
-        Value::Timestamp(ts) if sql_type != ColumnType::Jsonb => {
-            Some(ts.to_rfc3339())
-        }
+        Value::Timestamp(ts) if sql_type != ColumnType::Jsonb => Some(ts.to_rfc3339()),
         other => Some(serde_json::to_string(other).unwrap_or_default()),
     }
 }
@@ -403,7 +400,8 @@ mod tests {
         let err = columns(&c, &batch).unwrap_err();
         assert_eq!(err.retry, crate::handler::Retry::Permanent);
         assert!(
-            err.message.starts_with("column `score` of event `1`: VRL runtime error"),
+            err.message
+                .starts_with("column `score` of event `1`: VRL runtime error"),
             "{}",
             err.message
         );
@@ -419,7 +417,10 @@ mod tests {
         assert_eq!(cols[3], [s("2024-01-01T00:00:00Z"), None]);
         assert_eq!(
             cols[5],
-            [s("{\"player\":\"ann\",\"tags\":[\"a\"],\"n\":\"21\"}"), s("\"AA==\"")]
+            [
+                s("{\"player\":\"ann\",\"tags\":[\"a\"],\"n\":\"21\"}"),
+                s("\"AA==\"")
+            ]
         );
         assert_eq!(cols[6], [s("ann"), None]);
         assert_eq!(cols[7], [s("[\"a\"]"), None]);
@@ -429,10 +430,14 @@ mod tests {
 
     #[test]
     fn sqlstates_split_into_retryable_and_permanent() {
-        for code in ["08006", "40001", "40P01", "53300", "57P01", "57014", "55P03", "XX000"] {
+        for code in [
+            "08006", "40001", "40P01", "53300", "57P01", "57014", "55P03", "XX000",
+        ] {
             assert!(retryable_sqlstate(code), "{code}");
         }
-        for code in ["22P02", "22003", "23502", "23514", "42P01", "42703", "3F000"] {
+        for code in [
+            "22P02", "22003", "23502", "23514", "42P01", "42703", "3F000",
+        ] {
             assert!(!retryable_sqlstate(code), "{code}");
         }
     }

@@ -295,9 +295,9 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, b"{\"id\":\"1\"}\n{\"id\":\"2\",\"da").unwrap();
         let live = Arc::new(Live::new(crate::live::Routing {
-            router: veltrix_core::config::Router::new(&veltrix_core::config::Config::default_config(
-                "/unused",
-            )),
+            router: veltrix_core::config::Router::new(
+                &veltrix_core::config::Config::default_config("/unused"),
+            ),
             queues: Vec::new(),
         }));
         let sink = start(

@@ -200,9 +200,7 @@ fn check_connections(config: &Config, at: &Locations) -> Vec<Diagnostic> {
         .sinks
         .iter()
         .filter_map(|(name, sink)| match sink {
-            SinkConfig::Http { url, timeout, .. } => {
-                Some((name.as_str(), url.as_str(), *timeout))
-            }
+            SinkConfig::Http { url, timeout, .. } => Some((name.as_str(), url.as_str(), *timeout)),
             SinkConfig::Postgres(pg) => Some((name.as_str(), pg.url.as_str(), pg.timeout)),
             _ => None,
         })
@@ -460,7 +458,10 @@ mod tests {
         assert_eq!(hp("http://[::1]/"), Some(("::1".into(), 80)));
         assert_eq!(hp("http://:80/"), None);
         assert_eq!(hp("postgres://u:p@db:5433/x"), Some(("db".into(), 5433)));
-        assert_eq!(hp("postgresql://db/x?sslmode=disable"), Some(("db".into(), 5432)));
+        assert_eq!(
+            hp("postgresql://db/x?sslmode=disable"),
+            Some(("db".into(), 5432))
+        );
         assert_eq!(hp("http://h:port/"), None);
     }
 

@@ -334,17 +334,19 @@ fn queue_cycle_errors(config: &Config, at: &Locations, out: &mut Vec<Diagnostic>
                 e.pipeline, e.via, e.into
             ));
         }
-        out.push(at.diagnostic(
-            at.value(&first.at).or_else(|| at.key(&first.at[..2])),
-            Severity::Error,
-            codes::QUEUE_CYCLE,
-            format!("queue cycle: {path}: events would go round forever"),
-            Some(
-                "break the cycle: a queue sink must not feed a queue its own pipeline reads \
-                 directly or through later stages"
-                    .to_owned(),
+        out.push(
+            at.diagnostic(
+                at.value(&first.at).or_else(|| at.key(&first.at[..2])),
+                Severity::Error,
+                codes::QUEUE_CYCLE,
+                format!("queue cycle: {path}: events would go round forever"),
+                Some(
+                    "break the cycle: a queue sink must not feed a queue its own pipeline reads \
+                     directly or through later stages"
+                        .to_owned(),
+                ),
             ),
-        ));
+        );
     }
 }
 
@@ -533,9 +535,7 @@ fn memory_queues_feeding_delivery(config: &Config, at: &Locations, out: &mut Vec
                 SinkConfig::Postgres(_) => {
                     Some(format!("`{p}` (postgres sink `{}`)", pipeline.sink))
                 }
-                SinkConfig::Queue { .. } => {
-                    Some(format!("`{p}` (queue sink `{}`)", pipeline.sink))
-                }
+                SinkConfig::Queue { .. } => Some(format!("`{p}` (queue sink `{}`)", pipeline.sink)),
                 SinkConfig::Custom(c) => {
                     Some(format!("`{p}` ({} sink `{}`)", c.type_name, pipeline.sink))
                 }

@@ -1678,19 +1678,18 @@ impl Decoder<'_> {
             }
             DeValue::Integer(_) => {
                 let n = self.integer(value, "concurrency", 1..CONCURRENCY_MAX_MAX + 1)?;
-                Some(Concurrency::Fixed(usize::try_from(n).expect("range-checked")))
+                Some(Concurrency::Fixed(
+                    usize::try_from(n).expect("range-checked"),
+                ))
             }
             DeValue::Table(table) => {
                 self.check_keys(table, "`concurrency`", CONCURRENCY_KEYS);
                 let mut initial = DEFAULT_CONCURRENCY_INITIAL;
                 let mut max = DEFAULT_CONCURRENCY_MAX;
                 if let Some(v) = get(table, "initial") {
-                    initial = usize::try_from(self.integer(
-                        v,
-                        "initial",
-                        1..CONCURRENCY_MAX_MAX + 1,
-                    )?)
-                    .expect("range-checked");
+                    initial =
+                        usize::try_from(self.integer(v, "initial", 1..CONCURRENCY_MAX_MAX + 1)?)
+                            .expect("range-checked");
                 }
                 if let Some(v) = get(table, "max") {
                     max = usize::try_from(self.integer(v, "max", 1..CONCURRENCY_MAX_MAX + 1)?)
@@ -1837,7 +1836,9 @@ impl Decoder<'_> {
                     .chars()
                     .next()
                     .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && column.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                && column
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !plain {
                 valid = false;
                 self.error_coded(
@@ -2247,7 +2248,9 @@ impl Decoder<'_> {
                     .iter()
                     .any(|(_, q)| q.types.iter().any(|e| lints::covers(e, pattern)))
             };
-            if !queue.types.is_empty() && queue.types.iter().all(shadowed) && !fed.contains(&name.as_str())
+            if !queue.types.is_empty()
+                && queue.types.iter().all(shadowed)
+                && !fed.contains(&name.as_str())
             {
                 self.warning_coded(
                     codes::QUEUE_UNREACHABLE,

@@ -701,7 +701,10 @@ fn an_http_sink_needs_an_http_url() {
         SinkConfig::Http {
             url: "http://127.0.0.1:9/x".into(),
             timeout: Duration::from_secs(10),
-            concurrency: Concurrency::Adaptive { initial: 1, max: 64 },
+            concurrency: Concurrency::Adaptive {
+                initial: 1,
+                max: 64
+            },
         }
     );
 }
@@ -805,12 +808,19 @@ fn a_queue_sink_feeds_a_queue_with_no_types() {
             queue: "enriched".into()
         }
     );
-    assert!(loaded.warnings.is_empty(), "{:?}", warning_messages(&loaded));
+    assert!(
+        loaded.warnings.is_empty(),
+        "{:?}",
+        warning_messages(&loaded)
+    );
 }
 
 #[test]
 fn empty_types_without_a_queue_sink_feeding_the_queue_is_an_error() {
-    let src = TWO_STAGES.replace("type = \"queue\"\nqueue = \"enriched\"", "type = \"stdout\"");
+    let src = TWO_STAGES.replace(
+        "type = \"queue\"\nqueue = \"enriched\"",
+        "type = \"stdout\"",
+    );
     let error = check_error(&src, 4, 9, "`types` must not be empty");
     assert!(error.hint.unwrap().contains("type = \"queue\""));
 }
@@ -833,10 +843,10 @@ fn a_queue_sink_must_name_a_configured_queue() {
 #[test]
 fn a_queue_cycle_is_an_error_naming_the_cycle() {
     // `store` now writes back into `raw`: raw → enrich → enriched → store → raw.
-    let src = format!(
-        "{TWO_STAGES}[sinks.back]\ntype = \"queue\"\nqueue = \"raw\"\n"
-    )
-    .replace("from = [\"enriched\"]\nsink = \"out\"", "from = [\"enriched\"]\nsink = \"back\"");
+    let src = format!("{TWO_STAGES}[sinks.back]\ntype = \"queue\"\nqueue = \"raw\"\n").replace(
+        "from = [\"enriched\"]\nsink = \"out\"",
+        "from = [\"enriched\"]\nsink = \"back\"",
+    );
     let error = check_error(&src, 13, 9, "queue cycle: ");
     assert_eq!(error.code, Some(codes::QUEUE_CYCLE));
     assert_eq!(
@@ -851,7 +861,11 @@ fn a_queue_sink_into_its_own_input_is_a_cycle() {
     let src = TWO_STAGES.replace("queue = \"enriched\"", "queue = \"raw\"");
     let src = src.replace("types = []", "types = [\"never.*\"]");
     let error = check_error(&src, 13, 9, "queue cycle: `raw` → pipeline `enrich`");
-    assert!(error.message.contains("→ `raw`: events"), "{}", error.message);
+    assert!(
+        error.message.contains("→ `raw`: events"),
+        "{}",
+        error.message
+    );
 }
 
 #[test]
@@ -878,10 +892,7 @@ fn queue_cycles_are_found_once_each_whatever_their_length() {
         .collect();
     assert_eq!(
         cycles,
-        vec![
-            vec![("a", "b"), ("b", "c"), ("c", "a")],
-            vec![("d", "d")]
-        ]
+        vec![vec![("a", "b"), ("b", "c"), ("c", "a")], vec![("d", "d")]]
     );
     assert!(queue_cycles(&edges[3..]).len() == 1);
 }
@@ -904,7 +915,10 @@ fn a_postgres_sink_decodes_with_its_defaults_and_mapped_columns() {
         panic!("a postgres sink");
     };
     assert_eq!(pg.url, "postgres://postgres@127.0.0.1:5432/test");
-    assert_eq!((pg.schema.as_str(), pg.table.as_str()), ("public", "events"));
+    assert_eq!(
+        (pg.schema.as_str(), pg.table.as_str()),
+        ("public", "events")
+    );
     assert!(pg.create_table);
     assert_eq!(pg.pool_size, 4);
     assert_eq!(pg.timeout, Duration::from_secs(10));
@@ -930,7 +944,12 @@ fn postgres_sink_mistakes_are_reported_at_their_values() {
     let fallible = POSTGRES.replace("to_int!(", "to_int(");
     check_error(&fallible, 10, 55, "in `columns.score`: VRL error E");
     let fixed = POSTGRES.replace("player =", "time =");
-    check_error(&fixed, 10, 13, "column `time` is one of the columns every event fills");
+    check_error(
+        &fixed,
+        10,
+        13,
+        "column `time` is one of the columns every event fills",
+    );
     let bad_type = POSTGRES.replace("\"bigint\"", "\"bigint2\"");
     check_error(&bad_type, 10, 86, "unknown column type \"bigint2\"");
     let url = POSTGRES.replace("postgres://postgres@", "mysql://root@");
@@ -964,9 +983,17 @@ fn http_concurrency_takes_adaptive_a_number_or_bounds() {
     assert_eq!(concurrency("concurrency = 8"), Concurrency::Fixed(8));
     assert_eq!(
         concurrency("concurrency = { initial = 2, max = 16 }"),
-        Concurrency::Adaptive { initial: 2, max: 16 }
+        Concurrency::Adaptive {
+            initial: 2,
+            max: 16
+        }
     );
-    check_error(&http("concurrency = 0"), 9, 15, "`concurrency` must be between 1 and 1024");
+    check_error(
+        &http("concurrency = 0"),
+        9,
+        15,
+        "`concurrency` must be between 1 and 1024",
+    );
     check_error(
         &http("concurrency = \"adaptve\""),
         9,
@@ -979,5 +1006,10 @@ fn http_concurrency_takes_adaptive_a_number_or_bounds() {
         27,
         "`initial` (8) is above `max` (4)",
     );
-    check_error(&http("concurrency = { min = 1 }"), 9, 17, "unknown key `min`");
+    check_error(
+        &http("concurrency = { min = 1 }"),
+        9,
+        17,
+        "unknown key `min`",
+    );
 }
