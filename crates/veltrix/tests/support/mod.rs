@@ -228,6 +228,46 @@ pub async fn metric(api: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// Whether the external service `what` accepts TCP connections at `address` (like
+/// "127.0.0.1:5432"). When it does not, prints a loud `SKIPPED:` line and returns `false` so the
+/// test can return — unless `VELTRIX_REQUIRE_SERVICES=1`, which makes a missing service fail
+/// the test instead. Every test that needs a real service (PostgreSQL, NATS) goes through here.
+pub fn service_available(what: &str, address: &str) -> bool {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let reachable = address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    if reachable {
+        return true;
+    }
+    if std::env::var("VELTRIX_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("{what} is not reachable at {address}, and VELTRIX_REQUIRE_SERVICES=1");
+    }
+    eprintln!(
+        "\n========================================================================\n\
+         SKIPPED: {what} is not reachable at {address}; this test did not run.\n\
+         Start it, or set VELTRIX_REQUIRE_SERVICES=1 to make this a failure.\n\
+         ========================================================================\n"
+    );
+    false
+}
+
+/// A name no other test run uses: `prefix` + a random suffix (tables, streams, subjects).
+pub fn unique_name(prefix: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    format!("{prefix}_{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
 /// What the receiver does with a request.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
