@@ -287,6 +287,11 @@ pub enum Mode {
 struct ReceiverState {
     mode: AtomicU8,
     delay_ms: AtomicU64,
+    /// When non-zero: requests beyond this many in flight are answered 429.
+    concurrent_max: AtomicU64,
+    in_flight: AtomicU64,
+    /// 429s answered because of `concurrent_max`.
+    too_many: AtomicU64,
     /// Requests seen per event id.
     attempts: Mutex<HashMap<String, u32>>,
     /// Accepted event ids with their arrival time, in arrival order.
@@ -327,6 +332,16 @@ impl Receiver {
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Requests beyond `n` in flight at once are answered 429 (0: no limit).
+    pub fn set_concurrent_max(&self, n: u64) {
+        self.state.concurrent_max.store(n, Ordering::SeqCst);
+    }
+
+    /// How many requests were refused with 429 for exceeding `concurrent_max`.
+    pub fn too_many(&self) -> u64 {
+        self.state.too_many.load(Ordering::SeqCst)
+    }
+
     pub fn attempts(&self) -> HashMap<String, u32> {
         self.state.attempts.lock().unwrap().clone()
     }
@@ -355,6 +370,20 @@ async fn receive(
         for id in &ids {
             *attempts.entry(id.clone()).or_default() += 1;
         }
+    }
+    struct InFlight<'a>(&'a AtomicU64);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let now_in_flight = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    let _in_flight = InFlight(&state.in_flight);
+    // An overloaded service refuses at once.
+    let concurrent_max = state.concurrent_max.load(Ordering::SeqCst);
+    if concurrent_max > 0 && now_in_flight > concurrent_max {
+        state.too_many.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::TOO_MANY_REQUESTS;
     }
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
