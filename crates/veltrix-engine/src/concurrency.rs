@@ -115,14 +115,14 @@ impl Controller {
             return;
         }
         let mean = self.rtt_sum / f64::from(self.rtt_count);
-        match self.baseline {
-            Some(baseline) if mean > baseline * RTT_RISE => {
-                if !stale {
-                    self.decrease(now, RTT_DECREASE);
-                }
+        // A slow window never raises the limit, even when it is too stale to lower it.
+        let slow = self.baseline.is_some_and(|b| mean > b * RTT_RISE);
+        if slow {
+            if !stale {
+                self.decrease(now, RTT_DECREASE);
             }
-            _ if self.saturated => self.limit = (self.limit + 1).min(self.max),
-            _ => {}
+        } else if self.saturated {
+            self.limit = (self.limit + 1).min(self.max);
         }
         self.baseline = Some(match self.baseline {
             None => mean,

@@ -14,8 +14,8 @@
 //!
 //! Why `unnest`: one statement per batch whatever its size, with one array parameter per column
 //! (so PostgreSQL's 65,535 bind-parameter limit never applies and nothing is chunked), and the
-//! same SQL text for every batch (prepared once per connection). Measured against a multi-row
-//! `VALUES` insert and `COPY` into a temporary table: see README (PostgreSQL sink).
+//! same SQL text for every batch (prepared once per connection); `COPY` would need a staging
+//! table to get `ON CONFLICT`.
 //!
 //! Connections: a pool of at most `pool_size`, opened lazily on first use — the engine starts
 //! while PostgreSQL is down, and batches fail as retryable until it is up. `timeout` bounds a
