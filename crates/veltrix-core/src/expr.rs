@@ -75,12 +75,13 @@ pub type Filter = Expr<FilterKind>;
 /// A compiled remap program: it modifies the event in place.
 pub type Remap = Expr<RemapKind>;
 
-/// Marks an expression evaluated for its value (a key, an aggregated field).
+/// Marks an expression evaluated for its value (a key, an aggregated field, a mapped column).
 #[derive(Debug, Clone, Copy)]
 pub struct ValueKind;
 
 /// A compiled read-only expression whose result is used: the key of a dedupe, throttle, sample
-/// or aggregate processor (`.data.player`), or a field an aggregate sums (`.data.points`).
+/// or aggregate processor (`.data.player`), a field an aggregate sums (`.data.points`), or a
+/// postgres sink's mapped column.
 pub type ValueExpr = Expr<ValueKind>;
 
 impl<K> Expr<K> {
@@ -658,6 +659,15 @@ mod tests {
                 Value::from("payment.made")
             ]))
         );
+        let score = ValueExpr::compile("to_int!(.data.amount) * 2").unwrap();
+        assert_eq!(score.run(&mut rt, &mut value), Ok(Value::Integer(24)));
+        let fails = ValueExpr::compile("int!(.data.amount)").unwrap();
+        assert!(matches!(
+            fails.run(&mut rt, &mut value),
+            Err(RunError::Failed(_))
+        ));
+        let fallible = ValueExpr::compile("to_int(.data.amount) * 2").unwrap_err();
+        assert!(fallible[0].message.contains("E"), "{fallible:?}");
         let writes = ValueExpr::compile(".x = 1").unwrap_err();
         assert!(writes[0].message.contains("read-only"), "{writes:?}");
     }

@@ -239,11 +239,12 @@ impl Running {
         }
         for name in sink_delta.added.iter().chain(&sink_delta.changed) {
             let config = &new.sinks[name];
-            let sink =
-                sink::start(name, config, &self.plugins).map_err(|source| EngineError::Sink {
+            let sink = sink::start(name, config, &self.plugins, live).map_err(|source| {
+                EngineError::Sink {
                     sink: name.clone(),
                     source,
-                })?;
+                }
+            })?;
             self.sinks.insert(
                 name.clone(),
                 RunningSink {
@@ -463,6 +464,8 @@ impl Running {
                         "nats".to_owned(),
                         format!("{} {}", n.url, n.subject.as_str()),
                     ),
+                    SinkConfig::Postgres(_) => ("postgres".to_owned(), running.sink.describe()),
+                    SinkConfig::Queue { queue } => ("queue".to_owned(), queue.clone()),
                     SinkConfig::Stdout => ("stdout".to_owned(), "<stdout>".to_owned()),
                     SinkConfig::Blackhole => ("blackhole".to_owned(), String::new()),
                     SinkConfig::Custom(c) => (c.type_name.clone(), running.sink.describe()),

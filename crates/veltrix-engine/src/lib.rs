@@ -16,6 +16,7 @@ mod auth;
 #[doc(hidden)]
 pub mod bench_support;
 mod components;
+mod concurrency;
 mod dashboard;
 mod deadletter;
 mod engine;
@@ -24,8 +25,10 @@ mod ingest;
 mod live;
 mod nats_client;
 mod pipeline;
+mod postgres;
 mod problem;
 mod processors;
+mod queue_sink;
 mod queues;
 pub mod record;
 mod sink;

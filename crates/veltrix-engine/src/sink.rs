@@ -15,9 +15,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
-use veltrix_core::config::SinkConfig;
+use veltrix_core::config::{Concurrency, SinkConfig};
 
+use crate::concurrency::{Limiter, Outcome};
 use crate::handler::{Batch, Plugins, Retry, Sink, SinkError};
+use crate::live::Live;
+use crate::postgres::PostgresSink;
+use crate::queue_sink::QueueSink;
 
 mod nats;
 
@@ -26,16 +30,25 @@ const FILE_SINK_QUEUE_MAX: usize = 64;
 /// Idle keep-alive connections an http sink keeps.
 const HTTP_SINK_IDLE_CONNECTIONS_MAX: usize = 16;
 
-/// Starts the sink `name` of `config`: a built-in one, or a custom type from `plugins`.
+/// Starts the sink `name` of `config`: a built-in one, or a custom type from `plugins`. `live`
+/// gives the queue sink the running queues (looked up at each write, so reloads are seen).
+/// Nothing here connects anywhere: network sinks connect on first use and retry.
 pub(crate) fn start(
     name: &str,
     config: &SinkConfig,
     plugins: &Plugins,
+    live: &Arc<Live>,
 ) -> io::Result<Arc<dyn Sink>> {
     Ok(match config {
         SinkConfig::File { path } => Arc::new(FileSink::start(name, path)?),
-        SinkConfig::Http { url, timeout } => Arc::new(HttpSink::new(url, *timeout)?),
+        SinkConfig::Http {
+            url,
+            timeout,
+            concurrency,
+        } => Arc::new(HttpSink::new(name, url, *timeout, *concurrency)?),
         SinkConfig::Nats(nats) => Arc::new(nats::NatsSink::new(name, nats)),
+        SinkConfig::Postgres(pg) => Arc::new(PostgresSink::new(name, pg)?),
+        SinkConfig::Queue { queue } => Arc::new(QueueSink::new(queue, live.clone())),
         SinkConfig::Stdout => Arc::new(StdoutSink),
         SinkConfig::Blackhole => Arc::new(BlackholeSink),
         SinkConfig::Custom(custom) => plugins
@@ -75,14 +88,22 @@ impl Sink for BlackholeSink {
     }
 }
 
-/// POSTs each batch as `application/cloudevents-batch+json` and classifies the answer.
+/// POSTs each batch as `application/cloudevents-batch+json` and classifies the answer. At most
+/// the limiter's limit of requests are in flight at once (see `concurrency.rs`); the others wait
+/// for a slot.
 pub(crate) struct HttpSink {
     url: String,
     client: reqwest::Client,
+    limiter: Limiter,
 }
 
 impl HttpSink {
-    fn new(url: &str, timeout: Duration) -> io::Result<HttpSink> {
+    fn new(
+        name: &str,
+        url: &str,
+        timeout: Duration,
+        concurrency: Concurrency,
+    ) -> io::Result<HttpSink> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .pool_max_idle_per_host(HTTP_SINK_IDLE_CONNECTIONS_MAX)
@@ -91,19 +112,34 @@ impl HttpSink {
         Ok(HttpSink {
             url: url.to_owned(),
             client,
+            limiter: Limiter::new(name, concurrency),
         })
     }
 
     async fn post(&self, batch: &Batch) -> Result<(), SinkError> {
-        let response = self
+        let body = batch.to_json_array();
+        let permit = self.limiter.acquire().await;
+        let sent = self
             .client
             .post(&self.url)
             .header("content-type", "application/cloudevents-batch+json")
-            .body(batch.to_json_array())
+            .body(body)
             .send()
-            .await
-            .map_err(|e| SinkError::retryable(format!("POST {}: {e}", self.url)))?;
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                permit.done(Outcome::Overloaded);
+                return Err(SinkError::retryable(format!("POST {}: {e}", self.url)));
+            }
+        };
         let status = response.status();
+        let overloaded = matches!(status.as_u16(), 429 | 503);
+        permit.done(if overloaded {
+            Outcome::Overloaded
+        } else {
+            Outcome::Answered
+        });
         if status.is_success() {
             return Ok(());
         }
@@ -261,10 +297,17 @@ mod tests {
         let path = dir.path().join("out").join("events.ndjson");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, b"{\"id\":\"1\"}\n{\"id\":\"2\",\"da").unwrap();
+        let live = Arc::new(Live::new(crate::live::Routing {
+            router: veltrix_core::config::Router::new(
+                &veltrix_core::config::Config::default_config("/unused"),
+            ),
+            queues: Vec::new(),
+        }));
         let sink = start(
             "t",
             &SinkConfig::File { path: path.clone() },
             &Plugins::new(),
+            &live,
         )
         .unwrap();
         sink.write(&Batch::new(Bytes::from_static(b"{\"id\":\"3\"}\n"), 1))

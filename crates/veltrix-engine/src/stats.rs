@@ -685,6 +685,16 @@ pub(crate) fn describe_metrics() {
         "Messages the destination recognised as duplicates of ones it already stored (NATS JetStream Nats-Msg-Id), by sink."
     );
     describe_gauge!(
+        "veltrix_sink_concurrency_limit",
+        Unit::Count,
+        "Requests an http sink may have in flight now (adaptive: moved by its AIMD controller)."
+    );
+    describe_gauge!(
+        "veltrix_sink_pool_connections",
+        Unit::Count,
+        "Connections of a postgres sink's pool, by state (in_use, idle)."
+    );
+    describe_gauge!(
         "process_resident_memory_bytes",
         Unit::Bytes,
         "Resident memory of the engine process."

@@ -200,21 +200,21 @@ struct Target<'a> {
     /// `sinks` or `sources`.
     section: &'static str,
     name: &'a str,
-    /// `http sink`, `nats sink`, `nats source`.
+    /// `http sink`, `postgres sink`, `nats sink`, `nats source`.
     kind: &'static str,
     url: &'a str,
     timeout: Duration,
 }
 
-/// V042 / V047: every http or nats sink, and every nats source, must accept a TCP connection at
-/// its `url` (for NATS, at one of its servers at least), tried in parallel, each within
+/// V042 / V047: every http, postgres or nats sink, and every nats source, must accept a TCP
+/// connection at its `url` (for NATS, at one of its servers at least), tried in parallel, each within
 /// [`CONNECT_TIMEOUT`].
 fn check_connections(config: &Config, at: &Locations) -> Vec<Diagnostic> {
     let mut targets: Vec<Target<'_>> = config
         .sinks
         .iter()
         .filter_map(|(name, sink)| match sink {
-            SinkConfig::Http { url, timeout } => Some(Target {
+            SinkConfig::Http { url, timeout, .. } => Some(Target {
                 section: "sinks",
                 name,
                 kind: "http sink",
@@ -227,6 +227,13 @@ fn check_connections(config: &Config, at: &Locations) -> Vec<Diagnostic> {
                 kind: "nats sink",
                 url: &nats.url,
                 timeout: nats.timeout,
+            }),
+            SinkConfig::Postgres(pg) => Some(Target {
+                section: "sinks",
+                name,
+                kind: "postgres sink",
+                url: &pg.url,
+                timeout: pg.timeout,
             }),
             _ => None,
         })
@@ -335,9 +342,17 @@ fn connect_host(host: &str, port: u16, timeout: Duration) -> Result<(), String> 
     Err(last)
 }
 
-/// `("example.com", 8080)` from `http://user@example.com:8080/path`; port 80 by default.
+/// `("example.com", 8080)` from `http://user@example.com:8080/path`; port 80 by default (5432
+/// for `postgres://` and `postgresql://`).
 fn host_port(url: &str) -> Option<(String, u16)> {
-    let rest = url.strip_prefix("http://")?;
+    let (rest, default_port) = match url.strip_prefix("http://") {
+        Some(rest) => (rest, 80),
+        None => (
+            url.strip_prefix("postgres://")
+                .or_else(|| url.strip_prefix("postgresql://"))?,
+            5432,
+        ),
+    };
     let authority = rest.split(['/', '?', '#']).next()?;
     let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
@@ -351,7 +366,7 @@ fn host_port(url: &str) -> Option<(String, u16)> {
     };
     let port = match port {
         Some(p) => p.parse().ok()?,
-        None => 80,
+        None => default_port,
     };
     (!host.is_empty()).then(|| (host.to_owned(), port))
 }
@@ -527,6 +542,11 @@ mod tests {
         assert_eq!(hp("http://[::1]:8080/"), Some(("::1".into(), 8080)));
         assert_eq!(hp("http://[::1]/"), Some(("::1".into(), 80)));
         assert_eq!(hp("http://:80/"), None);
+        assert_eq!(hp("postgres://u:p@db:5433/x"), Some(("db".into(), 5433)));
+        assert_eq!(
+            hp("postgresql://db/x?sslmode=disable"),
+            Some(("db".into(), 5432))
+        );
         assert_eq!(hp("http://h:port/"), None);
     }
 

@@ -49,7 +49,8 @@ pub mod codes {
     pub const CONFLICT: &str = "V010";
     /// Two pipelines share one dead-letter queue.
     pub const SHARED_DEAD_LETTER: &str = "V011";
-    /// A pipeline's output comes back to it through queues (an aggregate's `into`, ...).
+    /// A pipeline's output comes back to it through queues (an aggregate's `into`, a queue
+    /// sink).
     pub const CYCLE: &str = "V012";
 
     // Warnings: legal but suspicious.
@@ -235,10 +236,18 @@ fn shadowed_by<'c>(config: &'c Config, index: usize, pattern: &TypePattern) -> O
         .map(|(name, _)| name.as_str())
 }
 
-/// Whether no event can ever be routed to queue number `index`.
+/// Queues that a pipeline writes into (an aggregate's `into`, a queue sink): reachable whatever
+/// the routing says.
+pub fn fed_queues(config: &Config) -> Vec<&str> {
+    pipeline_outputs(config).iter().map(|o| o.queue).collect()
+}
+
+/// Whether no event can ever be routed to queue number `index` (a queue a sink feeds is
+/// reachable that way).
 fn unreachable(config: &Config, index: usize) -> bool {
-    let queue = &config.queues[index];
-    !queue.types.is_empty()
+    let (name, queue) = config.queues.get_index(index).expect("index of a queue");
+    !fed_queues(config).contains(&name.as_str())
+        && !queue.types.is_empty()
         && queue
             .types
             .iter()
@@ -252,6 +261,7 @@ pub fn retry_hold(pipeline: &PipelineConfig, sink: Option<&SinkConfig>) -> Durat
     let attempt = match sink {
         Some(SinkConfig::Http { timeout, .. }) => *timeout,
         Some(SinkConfig::Nats(nats)) => nats.timeout,
+        Some(SinkConfig::Postgres(p)) => p.timeout,
         _ => Duration::ZERO,
     };
     retry
@@ -270,8 +280,9 @@ pub struct QueueOutput<'c> {
     pub path: Vec<String>,
 }
 
-/// Every pipeline → queue edge of the config, in file order: each aggregate's `into`. Any
-/// other way a pipeline writes into a queue belongs here too, so the cycle check sees it.
+/// Every pipeline → queue edge of the config, in file order: each aggregate's `into`, then each
+/// queue sink the pipeline delivers to. Any other way a pipeline writes into a queue belongs here
+/// too, so the cycle check and the reachability lints see it.
 pub fn pipeline_outputs(config: &Config) -> Vec<QueueOutput<'_>> {
     let mut out = Vec::new();
     for (name, pipeline) in &config.pipelines {
@@ -287,6 +298,15 @@ pub fn pipeline_outputs(config: &Config) -> Vec<QueueOutput<'_>> {
                         i.to_string(),
                         "into".to_owned(),
                     ],
+                });
+            }
+        }
+        for sink in pipeline.sinks() {
+            if let Some(SinkConfig::Queue { queue }) = config.sinks.get(sink) {
+                out.push(QueueOutput {
+                    pipeline: name,
+                    queue,
+                    path: vec!["sinks".to_owned(), sink.to_owned(), "queue".to_owned()],
                 });
             }
         }
@@ -543,6 +563,8 @@ fn retries_above_starvation(config: &Config, at: &Locations, out: &mut Vec<Diagn
                         format!(", plus a {} timeout per attempt", format_duration(*timeout)),
                     Some(SinkConfig::Nats(nats)) =>
                         format!(", plus a {} timeout per attempt", format_duration(nats.timeout)),
+                    Some(SinkConfig::Postgres(p)) =>
+                        format!(", plus a {} timeout per attempt", format_duration(p.timeout)),
                     _ => String::new(),
                 },
                 format_duration(pipeline.starvation_max)
@@ -571,6 +593,8 @@ fn memory_queues_feeding_delivery(config: &Config, at: &Locations, out: &mut Vec
                         SinkConfig::File { .. } => Some(format!("`{p}` (file sink `{sink}`)")),
                         SinkConfig::Http { .. } => Some(format!("`{p}` (http sink `{sink}`)")),
                         SinkConfig::Nats(_) => Some(format!("`{p}` (nats sink `{sink}`)")),
+                        SinkConfig::Postgres(_) => Some(format!("`{p}` (postgres sink `{sink}`)")),
+                        SinkConfig::Queue { .. } => Some(format!("`{p}` (queue sink `{sink}`)")),
                         SinkConfig::Custom(c) => {
                             Some(format!("`{p}` ({} sink `{sink}`)", c.type_name))
                         }

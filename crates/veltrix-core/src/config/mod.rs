@@ -56,7 +56,7 @@ pub use template::{Field, Template, TemplateError};
 pub use tests_section::{ConfigTest, DeadLetterExpectation, Location};
 pub use units::ByteSize;
 
-use crate::expr::ExprDiagnostic;
+use crate::expr::{ExprDiagnostic, ValueExpr};
 use diagnostic::{Source, did_you_mean};
 use lints::{Locations, codes};
 use units::{format_duration, parse_duration};
@@ -374,12 +374,102 @@ pub enum SinkConfig {
     Stdout,
     /// `type = "blackhole"`: discards (for benchmarks).
     Blackhole,
-    /// `type = "http"`: POSTs each batch as `application/cloudevents-batch+json`.
-    Http { url: String, timeout: Duration },
+    /// `type = "http"`: POSTs each batch as `application/cloudevents-batch+json`, with at most
+    /// `concurrency` requests in flight.
+    Http {
+        url: String,
+        timeout: Duration,
+        concurrency: Concurrency,
+    },
     /// `type = "nats"`: publishes each event to a subject (JetStream with PubAcks, or core).
     Nats(NatsSinkConfig),
+    /// `type = "postgres"`: inserts each batch into a table, one transaction per batch.
+    Postgres(PostgresSinkConfig),
+    /// `type = "queue"`: appends each batch to another configured queue (multi-stage
+    /// pipelines).
+    Queue { queue: String },
     /// A sink type registered by the embedding program ([`Extensions`]).
     Custom(CustomConfig),
+}
+
+/// How many requests an http sink keeps in flight at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concurrency {
+    /// Exactly this many (`concurrency = 8`).
+    Fixed(usize),
+    /// A limit that adapts to the receiver (AIMD), starting at `initial`, never above `max`
+    /// (`concurrency = "adaptive"` or `{ initial = 1, max = 64 }`).
+    Adaptive { initial: usize, max: usize },
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Concurrency::Adaptive {
+            initial: DEFAULT_CONCURRENCY_INITIAL,
+            max: DEFAULT_CONCURRENCY_MAX,
+        }
+    }
+}
+
+/// `[sinks.NAME]` with `type = "postgres"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresSinkConfig {
+    /// `postgres://user:password@host:port/database?...` (libpq URL; no TLS).
+    pub url: String,
+    /// Default `public`.
+    pub schema: String,
+    pub table: String,
+    /// Create the table (if missing) before the first insert; default true.
+    pub create_table: bool,
+    /// Most connections open at once; default 4.
+    pub pool_size: usize,
+    /// The longest one batch may take, connecting included; default 10 s.
+    pub timeout: Duration,
+    /// Extra columns, each filled by a VRL expression, in file order.
+    pub columns: Vec<PostgresColumn>,
+}
+
+/// One mapped column of a PostgreSQL sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresColumn {
+    /// A plain SQL identifier (letters, digits, `_`; not one of the fixed columns).
+    pub name: String,
+    pub sql_type: ColumnType,
+    /// Evaluated on each event; `null` stores NULL.
+    pub expr: ValueExpr,
+}
+
+/// The SQL type of a mapped column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Text,
+    Jsonb,
+    Bigint,
+    DoublePrecision,
+    Numeric,
+    Boolean,
+    Timestamptz,
+}
+
+impl ColumnType {
+    /// Every type, as written in the config and in SQL.
+    pub const ALL: [(&'static str, ColumnType); 7] = [
+        ("text", ColumnType::Text),
+        ("jsonb", ColumnType::Jsonb),
+        ("bigint", ColumnType::Bigint),
+        ("double precision", ColumnType::DoublePrecision),
+        ("numeric", ColumnType::Numeric),
+        ("boolean", ColumnType::Boolean),
+        ("timestamptz", ColumnType::Timestamptz),
+    ];
+
+    /// The type's SQL name.
+    pub fn sql(self) -> &'static str {
+        ColumnType::ALL
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or("text", |(name, _)| name)
+    }
 }
 
 /// A successfully loaded config and its warnings.
@@ -406,6 +496,17 @@ const DEFAULT_ATTEMPTS_MAX: u32 = 5;
 const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(200);
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_CONCURRENCY_INITIAL: usize = 1;
+const DEFAULT_CONCURRENCY_MAX: usize = 64;
+const CONCURRENCY_MAX_MAX: i64 = 1024;
+const DEFAULT_POSTGRES_SCHEMA: &str = "public";
+const DEFAULT_POSTGRES_POOL_SIZE: usize = 4;
+const POSTGRES_POOL_SIZE_MAX: i64 = 256;
+const DEFAULT_POSTGRES_TIMEOUT: Duration = Duration::from_secs(10);
+/// PostgreSQL's identifier limit (NAMEDATALEN − 1).
+const SQL_IDENTIFIER_BYTES_MAX: usize = 63;
+/// The columns every PostgreSQL sink table has (mapped columns take other names).
+pub const POSTGRES_FIXED_COLUMNS: [&str; 6] = ["id", "source", "type", "time", "subject", "data"];
 const ATTEMPTS_MAX_MAX: i64 = 1000;
 
 /// Limits on settings: beyond them a value is a mistake, not a tuning choice.
@@ -735,11 +836,33 @@ const SINK_KEYS: &[&str] = &[
     "subject",
     "jetstream",
     "msg_id",
+    "concurrency",
+    "queue",
+    "schema",
+    "table",
+    "create_table",
+    "pool_size",
+    "columns",
 ];
+const HTTP_SINK_KEYS: &[&str] = &["type", "url", "timeout", "concurrency"];
+const POSTGRES_SINK_KEYS: &[&str] = &[
+    "type",
+    "url",
+    "timeout",
+    "schema",
+    "table",
+    "create_table",
+    "pool_size",
+    "columns",
+];
+const CONCURRENCY_KEYS: &[&str] = &["initial", "max"];
+const COLUMN_KEYS: &[&str] = &["expr", "type"];
 const WHEN_FULL: &[&str] = &["backpressure", "drop_newest", "drop_oldest"];
 const SOURCE_TYPES: &[&str] = &["http", "generator", "file", "stdin", "nats"];
 const READ_FROM: &[&str] = &["beginning", "end"];
-const SINK_TYPES: &[&str] = &["file", "stdout", "blackhole", "http", "nats"];
+const SINK_TYPES: &[&str] = &[
+    "file", "stdout", "blackhole", "http", "nats", "postgres", "queue",
+];
 const DURABILITIES: &[&str] = &["fsync", "interval", "memory"];
 
 /// Where things were declared, for checks that run after decoding.
@@ -1198,13 +1321,14 @@ impl Decoder<'_> {
                 config.queues.insert(name.get_ref().to_string(), queue);
             }
         }
+        let queue_names: Vec<&str> = queues.iter().map(|(k, _)| k.get_ref().as_ref()).collect();
         for (name, value) in &sinks {
-            if let Some(sink) = self.sink(name, value) {
+            if let Some(sink) = self.sink(name, value, &queue_names) {
                 spans.sinks.push(name.span());
                 config.sinks.insert(name.get_ref().to_string(), sink);
             }
         }
-        let queue_names: Vec<&str> = queues.iter().map(|(k, _)| k.get_ref().as_ref()).collect();
+        self.check_empty_types(&queues, &config);
         let sink_names: Vec<&str> = sinks.iter().map(|(k, _)| k.get_ref().as_ref()).collect();
         for (name, value) in &pipelines {
             if let Some(pipeline) = self.pipeline(name, value, &queue_names, &sink_names) {
@@ -1603,6 +1727,30 @@ impl Decoder<'_> {
         }
     }
 
+    /// `types = []` is for queues only a queue sink feeds (stage queues of multi-stage
+    /// pipelines); on any other queue it is an error: the queue would never receive an event.
+    fn check_empty_types(&mut self, queues: &[(&Key<'_>, &Value<'_>)], config: &Config) {
+        let fed = lints::fed_queues(config);
+        for (name, value) in queues {
+            let Some(types) = value.get_ref().as_table().and_then(|t| get(t, "types")) else {
+                continue;
+            };
+            let empty = matches!(types.get_ref(), DeValue::Array(items) if items.is_empty());
+            if empty && !fed.contains(&name.get_ref().as_ref()) {
+                self.error_coded(
+                    codes::INVALID_VALUE,
+                    types.span(),
+                    "`types` must not be empty: the queue would never receive an event",
+                    Some(
+                        "list event type patterns, e.g. `types = [\"order.*\"]`, or feed the \
+                         queue from a sink with `type = \"queue\"`"
+                            .to_owned(),
+                    ),
+                );
+            }
+        }
+    }
+
     /// A table with a required `type` among `types`; returns it once the type is known good.
     /// Which type it is can be read back with `get(table, "type")`. `all_keys` are the keys of
     /// every type, checked when `type` is missing.
@@ -1640,15 +1788,8 @@ impl Decoder<'_> {
             self.missing(table, "types", name.span(), &what, hint.to_owned());
             return None;
         };
+        // `types = []` is checked once the sinks are known: a queue sink may feed the queue.
         if let Some(patterns) = self.strings(types, "types", false) {
-            if patterns.is_empty() {
-                self.error_coded(
-                    codes::INVALID_VALUE,
-                    types.span(),
-                    "`types` must not be empty: the queue would never receive an event",
-                    Some("list event type patterns, e.g. `types = [\"order.*\"]`".to_owned()),
-                );
-            }
             for (text, span) in patterns {
                 match TypePattern::new(&text) {
                     Ok(pattern) => queue.types.push(pattern),
@@ -1725,7 +1866,12 @@ impl Decoder<'_> {
         Some((queue, types.span()))
     }
 
-    fn sink(&mut self, name: &Key<'_>, value: &Value<'_>) -> Option<SinkConfig> {
+    fn sink(
+        &mut self,
+        name: &Key<'_>,
+        value: &Value<'_>,
+        queue_names: &[&str],
+    ) -> Option<SinkConfig> {
         let what = format!("sink `{}`", name.get_ref());
         let extensions = self.extensions;
         let types: Vec<&str> = SINK_TYPES
@@ -1759,7 +1905,7 @@ impl Decoder<'_> {
                 Some(SinkConfig::Stdout)
             }
             "http" => {
-                self.check_keys(table, &what, &["type", "url", "timeout"]);
+                self.check_keys(table, &what, HTTP_SINK_KEYS);
                 let Some(url) = get(table, "url") else {
                     let hint = "add `url = \"http://127.0.0.1:9000/events\"`";
                     self.missing(table, "url", name.span(), &what, hint.to_owned());
@@ -1782,7 +1928,39 @@ impl Decoder<'_> {
                     Some(v) => self.duration(v, "timeout")?,
                     None => DEFAULT_HTTP_TIMEOUT,
                 };
-                Some(SinkConfig::Http { url: text, timeout })
+                let concurrency = match get(table, "concurrency") {
+                    Some(v) => self.concurrency(v)?,
+                    None => Concurrency::default(),
+                };
+                Some(SinkConfig::Http {
+                    url: text,
+                    timeout,
+                    concurrency,
+                })
+            }
+            "postgres" => {
+                self.check_keys(table, &what, POSTGRES_SINK_KEYS);
+                self.postgres(name, table, &what).map(SinkConfig::Postgres)
+            }
+            "queue" => {
+                self.check_keys(table, &what, &["type", "queue"]);
+                let Some(queue) = get(table, "queue") else {
+                    let hint = "add the queue it appends to, e.g. `queue = \"enriched\"`";
+                    self.missing(table, "queue", name.span(), &what, hint.to_owned());
+                    return None;
+                };
+                let target = self.string(queue, "queue")?;
+                if !queue_names.contains(&target.as_str()) {
+                    let hint = reference_hint(&target, queue_names, "queues");
+                    self.error_coded(
+                        codes::UNKNOWN_REFERENCE,
+                        queue.span(),
+                        format!("unknown queue `{target}`"),
+                        Some(hint),
+                    );
+                    return None;
+                }
+                Some(SinkConfig::Queue { queue: target })
             }
             "nats" => self.nats_sink(name, table, &what),
             _ => {
@@ -1790,6 +1968,273 @@ impl Decoder<'_> {
                 Some(SinkConfig::Blackhole)
             }
         }
+    }
+
+    /// `concurrency = "adaptive" | N | { initial = N, max = M }` of an http sink.
+    fn concurrency(&mut self, value: &Value<'_>) -> Option<Concurrency> {
+        let hint = "write `concurrency = \"adaptive\"`, a fixed number like `concurrency = 8`, \
+                    or `concurrency = { initial = 1, max = 64 }`";
+        match value.get_ref() {
+            DeValue::String(_) => {
+                self.choice(value, "concurrency", &["adaptive"])?;
+                Some(Concurrency::default())
+            }
+            DeValue::Integer(_) => {
+                let n = self.integer(value, "concurrency", 1..CONCURRENCY_MAX_MAX + 1)?;
+                Some(Concurrency::Fixed(
+                    usize::try_from(n).expect("range-checked"),
+                ))
+            }
+            DeValue::Table(table) => {
+                self.check_keys(table, "`concurrency`", CONCURRENCY_KEYS);
+                let mut initial = DEFAULT_CONCURRENCY_INITIAL;
+                let mut max = DEFAULT_CONCURRENCY_MAX;
+                if let Some(v) = get(table, "initial") {
+                    initial =
+                        usize::try_from(self.integer(v, "initial", 1..CONCURRENCY_MAX_MAX + 1)?)
+                            .expect("range-checked");
+                }
+                if let Some(v) = get(table, "max") {
+                    max = usize::try_from(self.integer(v, "max", 1..CONCURRENCY_MAX_MAX + 1)?)
+                        .expect("range-checked");
+                }
+                if initial > max {
+                    let span = get(table, "initial").map_or(value.span(), Spanned::span);
+                    self.error_coded(
+                        codes::CONFLICT,
+                        span,
+                        format!("`initial` ({initial}) is above `max` ({max})"),
+                        Some("make `initial` at most `max`".to_owned()),
+                    );
+                    return None;
+                }
+                Some(Concurrency::Adaptive { initial, max })
+            }
+            _ => {
+                self.wrong_type(
+                    value,
+                    "concurrency",
+                    "\"adaptive\", an integer or a table",
+                    Some(hint.to_owned()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A SQL identifier the sink quotes: non-empty, at most 63 bytes.
+    fn sql_name(&mut self, value: &Value<'_>, name: &str) -> Option<String> {
+        let text = self.non_empty_string(value, name)?;
+        if text.len() > SQL_IDENTIFIER_BYTES_MAX || text.contains('\0') {
+            self.error_coded(
+                codes::INVALID_VALUE,
+                value.span(),
+                format!("`{name}` must be at most {SQL_IDENTIFIER_BYTES_MAX} bytes, without NUL"),
+                Some("PostgreSQL truncates longer identifiers".to_owned()),
+            );
+            return None;
+        }
+        Some(text)
+    }
+
+    fn postgres(
+        &mut self,
+        name: &Key<'_>,
+        table: &DeTable<'_>,
+        what: &str,
+    ) -> Option<PostgresSinkConfig> {
+        let url = match get(table, "url") {
+            None => {
+                let hint = "add `url = \"postgres://postgres@127.0.0.1:5432/mydb\"`";
+                self.missing(table, "url", name.span(), what, hint.to_owned());
+                None
+            }
+            Some(v) => {
+                let text = self.non_empty_string(v, "url");
+                match text {
+                    Some(t) if t.starts_with("postgres://") || t.starts_with("postgresql://") => {
+                        Some(t)
+                    }
+                    Some(t) => {
+                        self.error_coded(
+                            codes::INVALID_VALUE,
+                            v.span(),
+                            format!("`url` must be a postgres:// URL, found {t:?}"),
+                            Some(
+                                "for example \"postgres://user:password@127.0.0.1:5432/mydb\""
+                                    .to_owned(),
+                            ),
+                        );
+                        None
+                    }
+                    None => None,
+                }
+            }
+        };
+        let table_name = match get(table, "table") {
+            None => {
+                let hint = "add the table it inserts into, e.g. `table = \"events\"`";
+                self.missing(table, "table", name.span(), what, hint.to_owned());
+                None
+            }
+            Some(v) => self.sql_name(v, "table"),
+        };
+        let schema = match get(table, "schema") {
+            Some(v) => self.sql_name(v, "schema"),
+            None => Some(DEFAULT_POSTGRES_SCHEMA.to_owned()),
+        };
+        let create_table = match get(table, "create_table") {
+            Some(v) => match v.get_ref() {
+                DeValue::Boolean(b) => Some(*b),
+                _ => {
+                    self.wrong_type(v, "create_table", "a boolean", None);
+                    None
+                }
+            },
+            None => Some(true),
+        };
+        let pool_size = match get(table, "pool_size") {
+            Some(v) => self
+                .integer(v, "pool_size", 1..POSTGRES_POOL_SIZE_MAX + 1)
+                .map(|n| usize::try_from(n).expect("range-checked")),
+            None => Some(DEFAULT_POSTGRES_POOL_SIZE),
+        };
+        let timeout = match get(table, "timeout") {
+            Some(v) => self.duration(v, "timeout"),
+            None => Some(DEFAULT_POSTGRES_TIMEOUT),
+        };
+        let columns = match get(table, "columns") {
+            Some(v) => self.columns(v),
+            None => Some(Vec::new()),
+        };
+        Some(PostgresSinkConfig {
+            url: url?,
+            schema: schema?,
+            table: table_name?,
+            create_table: create_table?,
+            pool_size: pool_size?,
+            timeout: timeout?,
+            columns: columns?,
+        })
+    }
+
+    /// `columns = { name = 'expr', other = { expr = '...', type = "bigint" } }`.
+    fn columns(&mut self, value: &Value<'_>) -> Option<Vec<PostgresColumn>> {
+        let DeValue::Table(table) = value.get_ref() else {
+            self.wrong_type(
+                value,
+                "columns",
+                "a table",
+                Some("write `columns = { player = '.data.player' }`".to_owned()),
+            );
+            return None;
+        };
+        let types: Vec<&str> = ColumnType::ALL.iter().map(|(n, _)| *n).collect();
+        let mut columns = Vec::new();
+        let mut valid = true;
+        for (key, spec) in table.iter() {
+            let column: &str = key.get_ref();
+            let plain = column.len() <= SQL_IDENTIFIER_BYTES_MAX
+                && column
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && column
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !plain {
+                valid = false;
+                self.error_coded(
+                    codes::INVALID_VALUE,
+                    key.span(),
+                    format!("invalid column name `{column}`"),
+                    Some(format!(
+                        "a column name is 1 to {SQL_IDENTIFIER_BYTES_MAX} ASCII letters, digits or \
+                         `_`, not starting with a digit"
+                    )),
+                );
+                continue;
+            }
+            if POSTGRES_FIXED_COLUMNS.contains(&column.to_ascii_lowercase().as_str()) {
+                valid = false;
+                self.error_coded(
+                    codes::CONFLICT,
+                    key.span(),
+                    format!("column `{column}` is one of the columns every event fills"),
+                    Some(format!(
+                        "the table always has {}; pick another name",
+                        POSTGRES_FIXED_COLUMNS.join(", ")
+                    )),
+                );
+                continue;
+            }
+            let key_name = format!("columns.{column}");
+            let (program, sql_type) = match spec.get_ref() {
+                DeValue::String(_) => (spec, ColumnType::Text),
+                DeValue::Table(spec_table) => {
+                    self.check_keys(spec_table, &format!("column `{column}`"), COLUMN_KEYS);
+                    let sql_type = match get(spec_table, "type") {
+                        Some(t) => match self.choice(t, "column type", &types) {
+                            Some(i) => ColumnType::ALL[i].1,
+                            None => {
+                                valid = false;
+                                continue;
+                            }
+                        },
+                        None => ColumnType::Text,
+                    };
+                    let Some(program) = get(spec_table, "expr") else {
+                        valid = false;
+                        let hint = "add `expr = '...'` with a VRL expression";
+                        self.missing(
+                            spec_table,
+                            "expr",
+                            key.span(),
+                            &format!("column `{column}`"),
+                            hint.to_owned(),
+                        );
+                        continue;
+                    };
+                    (program, sql_type)
+                }
+                _ => {
+                    valid = false;
+                    self.wrong_type(
+                        spec,
+                        &key_name,
+                        "a string (VRL) or a table",
+                        Some(format!(
+                            "write `{column} = '.data.{column}'` or `{column} = {{ expr = \
+                             '.data.{column}', type = \"bigint\" }}`"
+                        )),
+                    );
+                    continue;
+                }
+            };
+            let Some(text) = self.string(program, &key_name) else {
+                valid = false;
+                continue;
+            };
+            match ValueExpr::compile(&text) {
+                Ok(expr) => {
+                    for warning in expr.warnings().to_vec() {
+                        self.expr_diagnostic(Severity::Warning, program.span(), &key_name, warning);
+                    }
+                    columns.push(PostgresColumn {
+                        name: column.to_owned(),
+                        sql_type,
+                        expr,
+                    });
+                }
+                Err(errors) => {
+                    valid = false;
+                    for error in errors {
+                        self.expr_diagnostic(Severity::Error, program.span(), &key_name, error);
+                    }
+                }
+            }
+        }
+        valid.then_some(columns)
     }
 
     fn pipeline(
@@ -2025,6 +2470,7 @@ impl Decoder<'_> {
     }
 
     fn topology_warnings(&mut self, config: &Config, spans: &Spans) {
+        let fed = lints::fed_queues(config);
         let queues: Vec<(&String, &QueueConfig)> = config.queues.iter().collect();
         if let Some((first_span, _)) = spans.queues.first()
             && !queues
@@ -2048,11 +2494,10 @@ impl Decoder<'_> {
                     .iter()
                     .any(|(_, q)| q.types.iter().any(|e| lints::covers(e, pattern)))
             };
-            // A queue a pipeline writes into (an aggregate's `into`) receives events that way.
-            let fed = lints::pipeline_outputs(config)
-                .iter()
-                .any(|o| o.queue == name.as_str());
-            if !queue.types.is_empty() && queue.types.iter().all(shadowed) && !fed {
+            if !queue.types.is_empty()
+                && queue.types.iter().all(shadowed)
+                && !fed.contains(&name.as_str())
+            {
                 self.warning_coded(
                     codes::QUEUE_UNREACHABLE,
                     types_span.clone(),

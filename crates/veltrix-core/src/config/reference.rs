@@ -430,9 +430,11 @@ pub fn reference() -> Vec<SectionDoc> {
                     "types",
                     "array of strings (glob patterns)",
                     DefaultDoc::Required,
-                    "not empty",
+                    "not empty, unless a queue sink feeds the queue",
                     "Glob patterns over the whole CloudEvents `type`: `*` matches any run of \
-                     characters (`.` included), `?` exactly one (`order.*`, `*`).",
+                     characters (`.` included), `?` exactly one (`order.*`, `*`). `[]`: no event \
+                     is routed here from sources; only a sink with `type = \"queue\"` feeds \
+                     it (a stage of a multi-stage pipeline).",
                 ),
                 key(
                     "priority",
@@ -814,7 +816,9 @@ pub fn reference() -> Vec<SectionDoc> {
                      batch to `url` as `application/cloudevents-batch+json` (timeouts, \
                      connection errors, 5xx, 408 and 429 are retried; other answers are \
                      permanent); `nats`: publishes each event to `subject` (JetStream: waits \
-                     for every PubAck).",
+                     for every PubAck); `postgres`: inserts each batch into `table` in one \
+                     transaction, once per (`source`, `id`); `queue`: appends each batch to \
+                     the configured queue `queue`, durably.",
                 ),
                 key(
                     "path",
@@ -826,10 +830,14 @@ pub fn reference() -> Vec<SectionDoc> {
                 key(
                     "url",
                     "string",
-                    text("required for `http` and `nats`"),
-                    "`http`: an `http://` URL; `nats`: `nats://HOST[:PORT]`, comma-separated",
+                    text("required for `http`, `nats` and `postgres`"),
+                    "`http`: an `http://` URL; `nats`: `nats://HOST[:PORT]`, comma-separated; \
+                     `postgres`: a `postgres://` URL",
                     "`http`: the endpoint; `nats`: the servers (the engine starts even when \
-                     they are down).",
+                     they are down). `postgres`: the server, \
+                     `postgres://user:password@host:port/database` (libpq URL parameters \
+                     allowed; no TLS yet). The engine starts without connecting; batches are \
+                     retried until the server answers.",
                 ),
                 key(
                     "timeout",
@@ -837,7 +845,9 @@ pub fn reference() -> Vec<SectionDoc> {
                     duration(DEFAULT_HTTP_TIMEOUT),
                     "more than 0",
                     "`http`: the longest wait for one request's answer; `nats`: for a batch's \
-                     PubAcks (JetStream) or flush (core).",
+                     PubAcks (JetStream) or flush (core). `postgres`: the longest one batch \
+                     may take, waiting for a connection included (a batch over it is rolled \
+                     back and retried).",
                 ),
                 key(
                     "subject",
@@ -866,6 +876,83 @@ pub fn reference() -> Vec<SectionDoc> {
                     "`nats` only: the `Nats-Msg-Id` header, the key JetStream deduplicates on \
                      within the stream's duplicate window (so redelivered batches are not \
                      stored twice).",
+                ),
+                key(
+                    "concurrency",
+                    "`\"adaptive\"`, integer, or table `{ initial, max }`",
+                    value("\"adaptive\""),
+                    format!("1 to {CONCURRENCY_MAX_MAX}; `initial` ≤ `max`"),
+                    format!(
+                        "`http` only: requests in flight at once (across the workers of every \
+                         pipeline writing to the sink; each worker sends one at a time, so raise \
+                         `workers` to use more). A number is a fixed limit; `\"adaptive\"` \
+                         (`{{ initial = {DEFAULT_CONCURRENCY_INITIAL}, max = \
+                         {DEFAULT_CONCURRENCY_MAX} }}`) starts at `initial`, adds 1 per round \
+                         trip while answers come back as fast as usual, and halves on 429, 503, \
+                         timeouts or connection errors (×0.9 when round trips grow well above \
+                         their average). Metric: `veltrix_sink_concurrency_limit`."
+                    ),
+                ),
+                key(
+                    "queue",
+                    "string",
+                    text("required for `queue`"),
+                    "names a queue; no cycle",
+                    "`queue` only: the queue the events are appended to, with that queue's \
+                     durability and `when_full` (a full backpressure queue is retried). A \
+                     pipeline reading it must not lead back to a queue upstream (V012).",
+                ),
+                key(
+                    "schema",
+                    "string",
+                    value(format!("\"{DEFAULT_POSTGRES_SCHEMA}\"")),
+                    format!("1 to {SQL_IDENTIFIER_BYTES_MAX} bytes"),
+                    "`postgres` only: the table's schema.",
+                ),
+                key(
+                    "table",
+                    "string",
+                    text("required for `postgres`"),
+                    format!("1 to {SQL_IDENTIFIER_BYTES_MAX} bytes"),
+                    "`postgres` only: the table (`id text, source text, type text, time \
+                     timestamptz, subject text, data jsonb`, the mapped `columns`, primary key \
+                     (`source`, `id`)).",
+                ),
+                key(
+                    "create_table",
+                    "boolean",
+                    value("true"),
+                    "",
+                    "`postgres` only: create the table (and nothing else) if it is missing, \
+                     before the first insert. `false`: a missing table dead-letters batches \
+                     (SQLSTATE 42P01).",
+                ),
+                key(
+                    "pool_size",
+                    "integer",
+                    value(DEFAULT_POSTGRES_POOL_SIZE.to_string()),
+                    format!("1 to {POSTGRES_POOL_SIZE_MAX}"),
+                    "`postgres` only: most connections open at once (a batch waits for one \
+                     within `timeout`). Metric: `veltrix_sink_pool_connections`.",
+                ),
+                key(
+                    "columns",
+                    "table of column = VRL string or `{ expr, type }`",
+                    value("{}"),
+                    format!(
+                        "plain identifiers, not a fixed column; `type` one of {}",
+                        ColumnType::ALL
+                            .iter()
+                            .map(|(n, _)| format!("`\"{n}\"`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    "`postgres` only: extra columns, each filled by a read-only VRL expression \
+                     over the event (`player = '.data.player'`, `score = { expr = \
+                     'to_int!(.data.score)', type = \"bigint\" }`). Without `type` a column is \
+                     `text`: strings as they are, other values as JSON text. `null` stores \
+                     NULL; an expression failing at run time, or a value the column type \
+                     refuses (SQLSTATE 22xxx), dead-letters the batch.",
                 ),
             ],
         },
@@ -1088,6 +1175,10 @@ mod tests {
             "[sinks.NAME]" if NATS_SINK_KEYS.contains(&key) && key != "url" => format!(
                 "[queues.q]\ntypes = [\"*\"]\n[pipelines.p]\nfrom = [\"q\"]\nsink = \"s\"\n\
                  [sinks.s]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"x\"\n{line}\n"
+            ),
+            "[sinks.NAME]" if POSTGRES_SINK_KEYS.contains(&key) && key != "timeout" => format!(
+                "[queues.q]\ntypes = [\"*\"]\n[pipelines.p]\nfrom = [\"q\"]\nsink = \"s\"\n\
+                 [sinks.s]\ntype = \"postgres\"\nurl = \"postgres://h/d\"\ntable = \"t\"\n{line}\n"
             ),
             "[sinks.NAME]" => topology("", "", line),
             "processors" => {

@@ -866,7 +866,11 @@ fn an_http_sink_needs_an_http_url() {
         valid(&ok).config.sinks["h"],
         SinkConfig::Http {
             url: "http://127.0.0.1:9/x".into(),
-            timeout: Duration::from_secs(10)
+            timeout: Duration::from_secs(10),
+            concurrency: Concurrency::Adaptive {
+                initial: 1,
+                max: 64
+            },
         }
     );
 }
@@ -1466,5 +1470,212 @@ fn a_queue_fed_by_an_aggregate_is_not_unreachable() {
     assert!(
         codes.contains(&Some(codes::PIPELINE_UNREACHABLE)),
         "{codes:?}"
+    );
+}
+
+/// Two stages: `raw` → pipeline `enrich` → queue sink `stage2` → `enriched` → pipeline `store`.
+const TWO_STAGES: &str = r#"[queues.raw]
+types = ["*"]
+[queues.enriched]
+types = []
+[pipelines.enrich]
+from = ["raw"]
+sink = "stage2"
+[pipelines.store]
+from = ["enriched"]
+sink = "out"
+[sinks.stage2]
+type = "queue"
+queue = "enriched"
+[sinks.out]
+type = "blackhole"
+"#;
+
+#[test]
+fn a_queue_sink_feeds_a_queue_with_no_types() {
+    let loaded = valid(TWO_STAGES);
+    assert_eq!(
+        loaded.config.sinks["stage2"],
+        SinkConfig::Queue {
+            queue: "enriched".into()
+        }
+    );
+    assert!(
+        loaded.warnings.is_empty(),
+        "{:?}",
+        warning_messages(&loaded)
+    );
+}
+
+#[test]
+fn empty_types_without_a_queue_sink_feeding_the_queue_is_an_error() {
+    let src = TWO_STAGES.replace(
+        "type = \"queue\"\nqueue = \"enriched\"",
+        "type = \"stdout\"",
+    );
+    let error = check_error(&src, 4, 9, "`types` must not be empty");
+    assert!(error.hint.unwrap().contains("type = \"queue\""));
+}
+
+#[test]
+fn a_queue_sink_must_name_a_configured_queue() {
+    let src = TWO_STAGES.replace("queue = \"enriched\"", "queue = \"enriched2\"");
+    // `enriched` is then fed by nobody: its `types = []` is an error too.
+    let errors = errors(&src);
+    let error = errors
+        .iter()
+        .find(|e| e.code == Some(codes::UNKNOWN_REFERENCE))
+        .expect("an unknown reference")
+        .clone();
+    assert_eq!((error.line, error.col), (13, 9));
+    assert_eq!(error.message, "unknown queue `enriched2`");
+    assert_eq!(error.hint.as_deref(), Some("did you mean `enriched`?"));
+}
+
+#[test]
+fn a_queue_cycle_is_an_error_naming_the_cycle() {
+    // `store` now writes back into `raw`: raw → enrich → enriched → store → raw.
+    let src = format!("{TWO_STAGES}[sinks.back]\ntype = \"queue\"\nqueue = \"raw\"\n").replace(
+        "from = [\"enriched\"]\nsink = \"out\"",
+        "from = [\"enriched\"]\nsink = \"back\"",
+    );
+    let found = errors(&src);
+    assert_eq!(found.len(), 2, "{}", render(&found));
+    assert_eq!(found[0].code, Some(codes::CYCLE));
+    assert_eq!((found[0].line, found[0].col), (13, 9));
+    assert_eq!(
+        found[0].message,
+        "pipeline `enrich` writes into queue `enriched`, whose events come back to pipeline \
+         `enrich` through pipeline(s) `store`: a cycle, each event would keep producing more"
+    );
+}
+
+#[test]
+fn a_queue_sink_into_its_own_input_is_a_cycle() {
+    let src = TWO_STAGES.replace("queue = \"enriched\"", "queue = \"raw\"");
+    let src = src.replace("types = []", "types = [\"never.*\"]");
+    let error = check_error(
+        &src,
+        13,
+        9,
+        "pipeline `enrich` writes into queue `raw`, which pipeline `enrich` itself reads",
+    );
+    assert_eq!(error.code, Some(codes::CYCLE));
+}
+
+const POSTGRES: &str = r#"[queues.q]
+types = ["*"]
+[pipelines.p]
+from = ["q"]
+sink = "db"
+[sinks.db]
+type = "postgres"
+url = "postgres://postgres@127.0.0.1:5432/test"
+table = "events"
+columns = { player = '.data.player', score = { expr = 'to_int!(.data.score)', type = "bigint" } }
+"#;
+
+#[test]
+fn a_postgres_sink_decodes_with_its_defaults_and_mapped_columns() {
+    let SinkConfig::Postgres(pg) = valid(POSTGRES).config.sinks["db"].clone() else {
+        panic!("a postgres sink");
+    };
+    assert_eq!(pg.url, "postgres://postgres@127.0.0.1:5432/test");
+    assert_eq!(
+        (pg.schema.as_str(), pg.table.as_str()),
+        ("public", "events")
+    );
+    assert!(pg.create_table);
+    assert_eq!(pg.pool_size, 4);
+    assert_eq!(pg.timeout, Duration::from_secs(10));
+    let columns: Vec<(&str, ColumnType, &str)> = pg
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.sql_type, c.expr.source()))
+        .collect();
+    assert_eq!(
+        columns,
+        vec![
+            ("player", ColumnType::Text, ".data.player"),
+            ("score", ColumnType::Bigint, "to_int!(.data.score)")
+        ]
+    );
+}
+
+#[test]
+fn postgres_sink_mistakes_are_reported_at_their_values() {
+    let vrl = POSTGRES.replace("'.data.player'", "'.data.player +'");
+    let error = check_error(&vrl, 10, 22, "in `columns.player`: VRL error");
+    assert_eq!(error.code, Some(codes::VRL_ERROR));
+    let fallible = POSTGRES.replace("to_int!(", "to_int(");
+    check_error(&fallible, 10, 55, "in `columns.score`: VRL error E");
+    let fixed = POSTGRES.replace("player =", "time =");
+    check_error(
+        &fixed,
+        10,
+        13,
+        "column `time` is one of the columns every event fills",
+    );
+    let bad_type = POSTGRES.replace("\"bigint\"", "\"bigint2\"");
+    check_error(&bad_type, 10, 86, "unknown column type \"bigint2\"");
+    let url = POSTGRES.replace("postgres://postgres@", "mysql://root@");
+    check_error(&url, 8, 7, "`url` must be a postgres:// URL");
+    let no_table = POSTGRES.replace("table = \"events\"\n", "");
+    check_error(&no_table, 6, 8, "is missing `table`");
+    let pool = POSTGRES.replace("table = \"events\"", "table = \"events\"\npool_size = 0");
+    check_error(&pool, 10, 13, "`pool_size` must be between 1 and 256");
+    let http_key = POSTGRES.replace("table = \"events\"", "table = \"events\"\nconcurrency = 2");
+    check_error(&http_key, 10, 1, "unknown key `concurrency`");
+}
+
+#[test]
+fn http_concurrency_takes_adaptive_a_number_or_bounds() {
+    let http = |line: &str| {
+        format!(
+            "[queues.q]\ntypes = [\"*\"]\n[pipelines.p]\nfrom = [\"q\"]\nsink = \"h\"\n\
+             [sinks.h]\ntype = \"http\"\nurl = \"http://127.0.0.1:9/\"\n{line}\n"
+        )
+    };
+    let concurrency = |line: &str| match valid(&http(line)).config.sinks["h"] {
+        SinkConfig::Http { concurrency, .. } => concurrency,
+        _ => panic!("an http sink"),
+    };
+    let adaptive = Concurrency::Adaptive {
+        initial: 1,
+        max: 64,
+    };
+    assert_eq!(concurrency(""), adaptive);
+    assert_eq!(concurrency("concurrency = \"adaptive\""), adaptive);
+    assert_eq!(concurrency("concurrency = 8"), Concurrency::Fixed(8));
+    assert_eq!(
+        concurrency("concurrency = { initial = 2, max = 16 }"),
+        Concurrency::Adaptive {
+            initial: 2,
+            max: 16
+        }
+    );
+    check_error(
+        &http("concurrency = 0"),
+        9,
+        15,
+        "`concurrency` must be between 1 and 1024",
+    );
+    check_error(
+        &http("concurrency = \"adaptve\""),
+        9,
+        15,
+        "unknown concurrency \"adaptve\"",
+    );
+    check_error(
+        &http("concurrency = { initial = 8, max = 4 }"),
+        9,
+        27,
+        "`initial` (8) is above `max` (4)",
+    );
+    check_error(
+        &http("concurrency = { min = 1 }"),
+        9,
+        17,
+        "unknown key `min`",
     );
 }

@@ -259,6 +259,46 @@ pub async fn metric(api: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// Whether the external service `what` accepts TCP connections at `address` (like
+/// "127.0.0.1:5432"). When it does not, prints a loud `SKIPPED:` line and returns `false` so the
+/// test can return — unless `VELTRIX_REQUIRE_SERVICES=1`, which makes a missing service fail
+/// the test instead. Every test that needs a real service (PostgreSQL, NATS) goes through here.
+pub fn service_available(what: &str, address: &str) -> bool {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let reachable = address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    if reachable {
+        return true;
+    }
+    if std::env::var("VELTRIX_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("{what} is not reachable at {address}, and VELTRIX_REQUIRE_SERVICES=1");
+    }
+    eprintln!(
+        "\n========================================================================\n\
+         SKIPPED: {what} is not reachable at {address}; this test did not run.\n\
+         Start it, or set VELTRIX_REQUIRE_SERVICES=1 to make this a failure.\n\
+         ========================================================================\n"
+    );
+    false
+}
+
+/// A name no other test run uses: `prefix` + a random suffix (tables, streams, subjects).
+pub fn unique_name(prefix: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    format!("{prefix}_{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
 /// What the receiver does with a request.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
@@ -279,6 +319,11 @@ pub enum Mode {
 struct ReceiverState {
     mode: AtomicU8,
     delay_ms: AtomicU64,
+    /// When non-zero: requests beyond this many in flight are answered 429.
+    concurrent_max: AtomicU64,
+    in_flight: AtomicU64,
+    /// 429s answered because of `concurrent_max`.
+    too_many: AtomicU64,
     /// Requests seen per event id.
     attempts: Mutex<HashMap<String, u32>>,
     /// Accepted event ids with their arrival time, in arrival order.
@@ -323,6 +368,16 @@ impl Receiver {
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Requests beyond `n` in flight at once are answered 429 (0: no limit).
+    pub fn set_concurrent_max(&self, n: u64) {
+        self.state.concurrent_max.store(n, Ordering::SeqCst);
+    }
+
+    /// How many requests were refused with 429 for exceeding `concurrent_max`.
+    pub fn too_many(&self) -> u64 {
+        self.state.too_many.load(Ordering::SeqCst)
+    }
+
     pub fn attempts(&self) -> HashMap<String, u32> {
         self.state.attempts.lock().unwrap().clone()
     }
@@ -361,6 +416,20 @@ async fn receive(
         for id in &ids {
             *attempts.entry(id.clone()).or_default() += 1;
         }
+    }
+    struct InFlight<'a>(&'a AtomicU64);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let now_in_flight = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    let _in_flight = InFlight(&state.in_flight);
+    // An overloaded service refuses at once.
+    let concurrent_max = state.concurrent_max.load(Ordering::SeqCst);
+    if concurrent_max > 0 && now_in_flight > concurrent_max {
+        state.too_many.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::TOO_MANY_REQUESTS;
     }
     state.batches.lock().unwrap().push(ids.len());
     let delay = state.delay_ms.load(Ordering::SeqCst);
