@@ -299,16 +299,13 @@ fn columns(
             .map_or_else(|| expr::event_to_value(&event), Ok)
             .map_err(|e| SinkError::permanent(format!("event `{}`: {e}", event.id())))?;
         for (i, column) in config.columns.iter().enumerate() {
-            let result = column
-                .expr
-                .run(&mut runtime, &mut value)
-                .map_err(|e| {
-                    SinkError::permanent(format!(
-                        "column `{}` of event `{}`: {e}",
-                        column.name,
-                        event.id()
-                    ))
-                })?;
+            let result = column.expr.run(&mut runtime, &mut value).map_err(|e| {
+                SinkError::permanent(format!(
+                    "column `{}` of event `{}`: {e}",
+                    column.name,
+                    event.id()
+                ))
+            })?;
             out[6 + i].push(column_text(column.sql_type, &result));
         }
     }

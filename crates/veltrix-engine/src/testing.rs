@@ -3,7 +3,8 @@
 //!
 //! Nothing here re-implements processing: each input is decoded and validated as ingest decodes
 //! a structured-mode body, routed by the config's [`Router`] (an event the pipeline would never
-//! read fails the test), stored as ingest stores it (record prefix + compact JSON), and run
+//! read fails the test; a pipeline reading a queue that a queue sink or an aggregate feeds takes
+//! every input, as it would from the stage before it), stored as ingest stores it (record prefix + compact JSON), and run
 //! through the pipeline's [`Chain`] built exactly as the engine builds it. What the chain appends
 //! is what the sink would receive (one NDJSON line per delivered event); an event the chain
 //! fails on is what the pipeline would dead-letter.
@@ -163,6 +164,10 @@ pub fn run_pipeline_test(config: &Config, test: &ConfigTest, plugins: &Plugins) 
         }
     };
     let router = Router::new(config);
+    // A later stage (reading a queue a queue sink or an aggregate feeds) gets its events from
+    // the stage before it, whatever their type: they are not routed.
+    let fed = veltrix_core::config::lints::fed_queues(config);
+    let staged = pipeline.from.iter().any(|q| fed.contains(&q.as_str()));
     let mut scratch = chain.scratch();
     let mut results = Vec::with_capacity(test.input.len());
     for (index, input) in test.input.iter().enumerate() {
@@ -180,6 +185,7 @@ pub fn run_pipeline_test(config: &Config, test: &ConfigTest, plugins: &Plugins) 
         let id = event.id().to_owned();
         let routed = router.route(event.ty()).map(|q| router.queue_name(q));
         let outcomes = match routed {
+            _ if staged => process(&chain, pipeline, &mut scratch, &event),
             None => vec![EventOutcome::NotReceived(format!(
                 "no queue takes type `{}`: ingest answers 422",
                 event.ty()

@@ -9,9 +9,9 @@ use std::process::Command;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-mod support;
 #[path = "support/nats.rs"]
 mod nats_server;
+mod support;
 use nats_server::*;
 use support::*;
 

@@ -643,7 +643,8 @@ async fn poison_events_are_dead_lettered_alone_after_exactly_the_configured_atte
     let started = Instant::now();
     for chunk in ids.chunks(500) {
         let batch: Vec<Value> = chunk.iter().map(|id| event(id)).collect();
-        let (status, body) = post(&engine.ingest, "application/x-ndjson", ndjson(&batch), &[]).await;
+        let (status, body) =
+            post(&engine.ingest, "application/x-ndjson", ndjson(&batch), &[]).await;
         assert_eq!(status, 202, "{body}");
     }
     let healthy: HashSet<&String> = ids.iter().filter(|id| id.starts_with("ok-")).collect();
@@ -676,7 +677,10 @@ async fn poison_events_are_dead_lettered_alone_after_exactly_the_configured_atte
         assert_eq!(entry["attempts"], ATTEMPTS, "{entry}");
         assert_eq!(entry["reason"], "retries exhausted", "{entry}");
         assert!(
-            entry["last_error"].as_str().unwrap_or_default().contains("500"),
+            entry["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("500"),
             "{entry}"
         );
     }
@@ -685,7 +689,12 @@ async fn poison_events_are_dead_lettered_alone_after_exactly_the_configured_atte
         poison.iter().all(|id| !delivered.contains(*id)),
         "a poison event never counts as delivered"
     );
-    let splits = metric(&engine.api, "veltrix_sink_batch_splits_total", &["sink=\"downstream\""]).await;
+    let splits = metric(
+        &engine.api,
+        "veltrix_sink_batch_splits_total",
+        &["sink=\"downstream\""],
+    )
+    .await;
     println!(
         "poison: {events} events, {} poison (1 %): all {} healthy delivered, the {} poison \
          dead-lettered alone after {ATTEMPTS} attempts each, {splits} batch splits, {elapsed:?} in all",
@@ -695,4 +704,3 @@ async fn poison_events_are_dead_lettered_alone_after_exactly_the_configured_atte
     );
     assert!(engine.stop().success());
 }
-

@@ -16,7 +16,9 @@ use veltrix_engine::handler::{Event, Plugins, ProcessError, Processor};
 
 /// The handler types of the game.
 pub fn plugins() -> Plugins {
-    Plugins::new().processor("score", |options| Ok(Arc::new(Score::from_options(options)?)))
+    Plugins::new().processor("score", |options| {
+        Ok(Arc::new(Score::from_options(options)?))
+    })
 }
 
 /// `{ type = "score", points = { gold = 100, silver = 50, bronze = 10 }, hint_free_bonus = 20 }`.
@@ -28,8 +30,13 @@ pub struct Score {
 impl Score {
     pub fn from_options(options: &Value) -> Result<Score, String> {
         let object = options.as_object().ok_or("options must be a table")?;
-        if let Some(key) = object.keys().find(|k| !["points", "hint_free_bonus"].contains(&k.as_str())) {
-            return Err(format!("unknown option `{key}` (score takes `points`, `hint_free_bonus`)"));
+        if let Some(key) = object
+            .keys()
+            .find(|k| !["points", "hint_free_bonus"].contains(&k.as_str()))
+        {
+            return Err(format!(
+                "unknown option `{key}` (score takes `points`, `hint_free_bonus`)"
+            ));
         }
         let points = object
             .get("points")
@@ -114,14 +121,20 @@ mod tests {
     #[test]
     fn a_claim_scores_its_rarity_plus_the_hint_free_bonus() {
         let s = score();
-        assert_eq!(s.points_for(&json!({"player": "ann", "treasure": "gold-1"})), Ok(100));
+        assert_eq!(
+            s.points_for(&json!({"player": "ann", "treasure": "gold-1"})),
+            Ok(100)
+        );
         assert_eq!(
             s.points_for(&json!({"player": "ann", "treasure": "silver-9", "hint_free": true})),
             Ok(70)
         );
         let mut out = Vec::new();
-        s.process(claim(json!({"player": "ann", "treasure": "gold-3"})), &mut out)
-            .unwrap();
+        s.process(
+            claim(json!({"player": "ann", "treasure": "gold-3"})),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out[0].data_json().unwrap()["points"], 100);
     }
 
@@ -129,7 +142,10 @@ mod tests {
     fn an_unknown_rarity_fails_with_the_reason() {
         let mut out = Vec::new();
         let error = score()
-            .process(claim(json!({"player": "ann", "treasure": "plastic-1"})), &mut out)
+            .process(
+                claim(json!({"player": "ann", "treasure": "plastic-1"})),
+                &mut out,
+            )
             .unwrap_err();
         assert!(error.0.contains("unknown rarity `plastic`"), "{error}");
         assert!(out.is_empty());

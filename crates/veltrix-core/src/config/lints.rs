@@ -236,10 +236,18 @@ fn shadowed_by<'c>(config: &'c Config, index: usize, pattern: &TypePattern) -> O
         .map(|(name, _)| name.as_str())
 }
 
-/// Queues that a pipeline writes into (an aggregate's `into`, a queue sink): reachable whatever
-/// the routing says.
+/// Queues that something inside the engine writes into (an aggregate's `into`, a queue sink,
+/// even one no pipeline uses yet): reachable whatever the routing says.
 pub fn fed_queues(config: &Config) -> Vec<&str> {
-    pipeline_outputs(config).iter().map(|o| o.queue).collect()
+    let sinks = config.sinks.values().filter_map(|s| match s {
+        SinkConfig::Queue { queue } => Some(queue.as_str()),
+        _ => None,
+    });
+    pipeline_outputs(config)
+        .iter()
+        .map(|o| o.queue)
+        .chain(sinks)
+        .collect()
 }
 
 /// Whether no event can ever be routed to queue number `index` (a queue a sink feeds is

@@ -861,7 +861,13 @@ const WHEN_FULL: &[&str] = &["backpressure", "drop_newest", "drop_oldest"];
 const SOURCE_TYPES: &[&str] = &["http", "generator", "file", "stdin", "nats"];
 const READ_FROM: &[&str] = &["beginning", "end"];
 const SINK_TYPES: &[&str] = &[
-    "file", "stdout", "blackhole", "http", "nats", "postgres", "queue",
+    "file",
+    "stdout",
+    "blackhole",
+    "http",
+    "nats",
+    "postgres",
+    "queue",
 ];
 const DURABILITIES: &[&str] = &["fsync", "interval", "memory"];
 
@@ -1328,7 +1334,6 @@ impl Decoder<'_> {
                 config.sinks.insert(name.get_ref().to_string(), sink);
             }
         }
-        self.check_empty_types(&queues, &config);
         let sink_names: Vec<&str> = sinks.iter().map(|(k, _)| k.get_ref().as_ref()).collect();
         for (name, value) in &pipelines {
             if let Some(pipeline) = self.pipeline(name, value, &queue_names, &sink_names) {
@@ -1341,6 +1346,7 @@ impl Decoder<'_> {
             .iter()
             .map(|(k, _)| k.get_ref().as_ref())
             .collect();
+        self.check_empty_types(&queues, &config);
         config.tests = self.tests(root, &pipeline_names);
         // Warnings about the topology would mostly echo the errors (an invalid pipeline reads
         // nothing): give them once the errors are fixed.
@@ -1727,8 +1733,8 @@ impl Decoder<'_> {
         }
     }
 
-    /// `types = []` is for queues only a queue sink feeds (stage queues of multi-stage
-    /// pipelines); on any other queue it is an error: the queue would never receive an event.
+    /// `types = []` is for queues only a queue sink or an aggregate feeds (stage queues of
+    /// multi-stage pipelines); on any other queue it is an error: it would never receive an event.
     fn check_empty_types(&mut self, queues: &[(&Key<'_>, &Value<'_>)], config: &Config) {
         let fed = lints::fed_queues(config);
         for (name, value) in queues {

@@ -15,9 +15,9 @@ mod checkpoint;
 mod file;
 mod generator;
 mod lines;
+mod nats;
 mod ndjson;
 mod stdin;
-mod nats;
 
 pub(crate) use nats::describe as describe_nats;
 
