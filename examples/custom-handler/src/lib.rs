@@ -19,12 +19,8 @@ use veltrix_engine::handler::{
 /// The handler types this program adds.
 pub fn plugins() -> Plugins {
     Plugins::new()
-        .processor("redact", |options| {
-            Ok(Arc::new(Redact::from_options(options)?))
-        })
-        .sink("spool", |options| {
-            Ok(Arc::new(Spool::from_options(options)?))
-        })
+        .processor("redact", |options| Ok(Arc::new(Redact::from_options(options)?)))
+        .sink("spool", |options| Ok(Arc::new(Spool::from_options(options)?)))
 }
 
 /// `{ type = "redact", fields = ["email", "card"] }`.
@@ -106,13 +102,7 @@ impl Spool {
             let name: String = event
                 .id()
                 .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
                 .collect();
             let path = self.dir.join(format!("{name}.json"));
             let temp = self.dir.join(format!(".{name}.json.tmp"));
@@ -133,9 +123,7 @@ impl Spool {
         let dir = tokio::fs::File::open(&self.dir)
             .await
             .map_err(|e| io("opening the directory", e))?;
-        dir.sync_all()
-            .await
-            .map_err(|e| io("syncing the directory", e))
+        dir.sync_all().await.map_err(|e| io("syncing the directory", e))
     }
 }
 
@@ -176,10 +164,7 @@ mod tests {
             (json!({}), "`fields` is required"),
             (json!({"fields": []}), "non-empty array"),
             (json!({"fields": [1]}), "non-empty array of strings"),
-            (
-                json!({"fields": ["a"], "feilds": 1}),
-                "unknown option `feilds`",
-            ),
+            (json!({"fields": ["a"], "feilds": 1}), "unknown option `feilds`"),
         ] {
             let error = Redact::from_options(&options).err().unwrap();
             assert!(error.contains(needle), "{options}: {error}");
