@@ -97,6 +97,8 @@ async fn a_damaged_log_recovers_in_bounded_time_delivering_every_intact_record()
         if batch.is_empty() {
             break;
         }
+        let offsets: Vec<u64> = batch.iter().map(|r| r.offset).collect();
+        cursor.acker().ack_many(&offsets).unwrap();
         for r in batch {
             while damaged.contains(&expected) {
                 expected += 1;

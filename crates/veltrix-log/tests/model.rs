@@ -417,8 +417,16 @@ fn recover_and_account(
     })
 }
 
+/// Cases per damage property: 500, or `VELTRIX_FAULT_DAMAGE_CASES` (the soak script raises it).
+fn damage_cases() -> u32 {
+    std::env::var("VELTRIX_FAULT_DAMAGE_CASES").map_or(500, |v| {
+        v.parse()
+            .expect("VELTRIX_FAULT_DAMAGE_CASES is a whole number")
+    })
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: damage_cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn bit_flips_anywhere_are_always_detected_and_recovered(
