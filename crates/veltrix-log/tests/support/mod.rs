@@ -47,7 +47,7 @@ pub fn env_count(name: &str, default: u64) -> u64 {
 pub fn progress(label: &str, done: u64, total: u64) {
     if std::env::var_os("VELTRIX_SOAK").is_some()
         && total >= 10
-        && (done % (total / 10) == 0 || done == total)
+        && (done.is_multiple_of(total / 10) || done == total)
     {
         eprintln!("[soak] {label}: {done}/{total}");
     }
