@@ -114,7 +114,9 @@ fn breakdown(config: &veltrix_core::config::Config, body: &[u8]) {
                     ProcessorConfig::Remap(m) if kept => {
                         counted(&mut steps[2], || m.run(&mut runtime, &mut value).unwrap());
                     }
+                    // The benchmarked pipeline is a filter and a remap.
                     ProcessorConfig::Remap(_) => {}
+                    other => unreachable!("not in the benchmarked pipeline: {other:?}"),
                 }
             }
             if kept {
