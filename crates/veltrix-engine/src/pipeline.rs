@@ -70,6 +70,9 @@ use crate::processors::{Output, Scratch};
 use crate::record;
 use crate::stats::{PipelineCounters, SinkCounters};
 
+/// Failpoint between a batch's delivery (or dead-lettering) and its acknowledgement.
+#[cfg(feature = "failpoints")]
+pub const DELIVERED_BEFORE_ACK: &str = "veltrix-engine/pipeline/delivered-before-ack";
 /// Payload bytes one worker takes at once, besides `batch_events_max`.
 const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// At most one warning line per this period per pipeline for per-event problems.
@@ -770,6 +773,11 @@ async fn flush(
 
 /// Acknowledges `offsets` of input `input`; `false` when the queue failed (logged).
 fn acknowledge(shared: &Shared, input: usize, offsets: &[u64]) -> bool {
+    // Failpoint (feature `failpoints`; a no-op without it): armed with `return`, the process
+    // dies right here, the sink holding the batch and the queue not knowing it — the crash
+    // that at-least-once must turn into a redelivery, never a loss.
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!(DELIVERED_BEFORE_ACK, |_| std::process::abort());
     match shared.ackers[input].1.ack_many(offsets) {
         // A `drop_oldest` queue discarded the segment under us: nothing left to acknowledge.
         Ok(()) | Err(veltrix_log::Error::NotInFlight(_)) => true,

@@ -103,6 +103,14 @@ pub(crate) fn open(
         elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
         "queue recovered"
     );
+    // Damage found at open, as counters (registered at 0 so a dashboard sees the series before
+    // anything goes wrong). Damaged records are counted as readers skip them
+    // (`veltrix_queue_quarantined_events_total`), not here, so nothing counts twice.
+    metrics::counter!("veltrix_queue_torn_tail_bytes_total", "queue" => name.to_owned())
+        .increment(report.bytes_truncated);
+    let resets = report.cursors_reset.len() as u64 + u64::from(report.ledger_error.is_some());
+    metrics::counter!("veltrix_queue_cursor_resets_total", "queue" => name.to_owned())
+        .increment(resets);
     Ok(Queue {
         name: name.to_owned(),
         priority: q.priority,

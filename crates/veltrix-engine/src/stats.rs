@@ -549,6 +549,16 @@ pub(crate) fn describe_metrics() {
         Unit::Count,
         "Events skipped by readers because they sat in a damaged range of a queue's log."
     );
+    describe_counter!(
+        "veltrix_queue_torn_tail_bytes_total",
+        Unit::Bytes,
+        "Bytes of a torn last write cut off a queue's log when it was opened (after a crash)."
+    );
+    describe_counter!(
+        "veltrix_queue_cursor_resets_total",
+        Unit::Count,
+        "Times a queue was opened with a damaged cursor ledger or a vanished cursor position: its consumers restart at the oldest retained event (redelivery, not loss)."
+    );
     describe_histogram!(
         "veltrix_queue_fsync_duration_seconds",
         Unit::Seconds,

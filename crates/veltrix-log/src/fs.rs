@@ -133,6 +133,11 @@ pub struct Faults {
 /// An in-memory filesystem that models power loss: data not yet `sync_data`ed and directory
 /// entries not yet `sync_dir`ed disappear at [`SimFs::crash`]. It also backs the log's `memory`
 /// durability mode (which never syncs and never crashes on purpose).
+///
+/// Crash points: every mutating operation (append, truncate, fdatasync, directory sync, file
+/// creation, rename, removal) is counted ([`SimFs::mutations`]); [`SimFs::crash_after`] arms a
+/// power loss at the n-th one from now, so a test can crash a log between any two of its
+/// writes. [`SimFs::kill`] models a process crash instead (everything written survives).
 #[derive(Clone, Default)]
 pub struct SimFs {
     inner: Arc<Mutex<SimInner>>,
@@ -158,7 +163,14 @@ struct SimInner {
     /// Between `crash` and `restart` every operation fails, as if the machine were off.
     down: bool,
     faults: Faults,
+    /// Mutating operations since the filesystem was created.
+    mutations: u64,
+    /// An armed power loss: mutating operations left before it, and how to tear unsynced tails.
+    armed: Option<(u64, Tear)>,
 }
+
+/// Chooses, per file with unsynced bytes, the fraction of them that survives a power loss.
+type Tear = Box<dyn FnMut() -> f64 + Send>;
 
 #[derive(Default)]
 struct SimFile {
@@ -169,6 +181,45 @@ struct SimFile {
 impl SimInner {
     fn used_bytes(&self) -> u64 {
         self.files.values().map(|f| f.data.len() as u64).sum()
+    }
+
+    /// Counts one mutating operation; when it is the armed crash point, the machine loses power
+    /// instead of doing it (`before` runs first: an append puts its bytes in unsynced, so the
+    /// tear can cut through them) and the operation fails.
+    fn mutation(&mut self, before: impl FnOnce(&mut SimInner)) -> io::Result<()> {
+        self.mutations += 1;
+        let Some((left, _)) = self.armed.as_mut() else {
+            return Ok(());
+        };
+        *left = left.saturating_sub(1);
+        if *left > 0 {
+            return Ok(());
+        }
+        let (_, mut tear) = self.armed.take().expect("checked above");
+        before(self);
+        self.power_loss(&mut tear);
+        Err(eio("power lost at an armed crash point"))
+    }
+
+    fn power_loss(&mut self, tear: &mut dyn FnMut() -> f64) {
+        self.epoch += 1;
+        self.down = true;
+        self.names = self.durable_names.clone();
+        let live: BTreeSet<u64> = self.names.values().copied().collect();
+        self.files.retain(|id, _| live.contains(id));
+        for file in self.files.values_mut() {
+            let unsynced = file.data.len() - file.synced_len;
+            let keep = if unsynced > 0 {
+                let fraction = tear().clamp(0.0, 1.0);
+                file.synced_len + (unsynced as f64 * fraction) as usize
+            } else {
+                file.synced_len
+            };
+            file.data.truncate(keep);
+            file.synced_len = file.data.len();
+        }
+        self.faults = Faults::default();
+        self.armed = None;
     }
 }
 
@@ -199,24 +250,46 @@ impl SimFs {
     /// returns a value in `0.0..=1.0`. Every operation then fails until [`SimFs::restart`], so
     /// whatever the crashed process still does cannot reach the "disk".
     pub fn crash(&self, mut tear: impl FnMut() -> f64) {
+        self.lock().power_loss(&mut tear);
+    }
+
+    /// Arms a power loss at the `n`-th mutating operation from now (`n` ≥ 1): that operation
+    /// does not complete — an append's bytes reach the unsynced tail first, so `tear` can keep
+    /// part of them (a torn write) — and the filesystem crashes as with [`SimFs::crash`].
+    /// Re-arming replaces the previous arming; a crash disarms.
+    pub fn crash_after(&self, n: u64, tear: impl FnMut() -> f64 + Send + 'static) {
+        self.lock().armed = Some((n.max(1), Box::new(tear)));
+    }
+
+    /// Forgets an armed crash point that has not fired.
+    pub fn disarm(&self) {
+        self.lock().armed = None;
+    }
+
+    /// Mutating operations so far (appends, truncations, fdatasyncs, directory syncs, file
+    /// creations, renames, removals), counting the one an armed crash interrupted.
+    pub fn mutations(&self) -> u64 {
+        self.lock().mutations
+    }
+
+    /// Whether the filesystem is down (crashed and not restarted).
+    pub fn is_down(&self) -> bool {
+        self.lock().down
+    }
+
+    /// Simulates a process crash (kill -9): open handles die and every operation fails until
+    /// [`SimFs::restart`], but everything written and every directory change survives (the
+    /// kernel still has them), synced or not.
+    pub fn kill(&self) {
         let mut inner = self.lock();
         inner.epoch += 1;
         inner.down = true;
-        inner.names = inner.durable_names.clone();
-        let live: BTreeSet<u64> = inner.names.values().copied().collect();
-        inner.files.retain(|id, _| live.contains(id));
+        inner.durable_names = inner.names.clone();
         for file in inner.files.values_mut() {
-            let unsynced = file.data.len() - file.synced_len;
-            let keep = if unsynced > 0 {
-                let fraction = tear().clamp(0.0, 1.0);
-                file.synced_len + (unsynced as f64 * fraction) as usize
-            } else {
-                file.synced_len
-            };
-            file.data.truncate(keep);
             file.synced_len = file.data.len();
         }
         inner.faults = Faults::default();
+        inner.armed = None;
     }
 
     /// Powers the filesystem back on after [`SimFs::crash`].
@@ -284,6 +357,7 @@ impl Filesystem for SimFs {
         let id = match inner.names.get(path) {
             Some(id) => *id,
             None if create => {
+                inner.mutation(|_| {})?;
                 let id = inner.next_id;
                 inner.next_id += 1;
                 inner.names.insert(path.to_path_buf(), id);
@@ -301,6 +375,7 @@ impl Filesystem for SimFs {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut inner = self.lock_up()?;
+        inner.mutation(|_| {})?;
         let id = inner
             .names
             .remove(path)
@@ -313,6 +388,7 @@ impl Filesystem for SimFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut inner = self.lock_up()?;
+        inner.mutation(|_| {})?;
         let id = inner
             .names
             .remove(from)
@@ -323,6 +399,7 @@ impl Filesystem for SimFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut inner = self.lock_up()?;
+        inner.mutation(|_| {})?;
         if inner.faults.fail_syncs {
             return Err(eio("sync_dir"));
         }
@@ -379,6 +456,11 @@ impl FileHandle for SimHandle {
 
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
         self.with(|inner, id| {
+            inner.mutation(|inner| {
+                if let Some(file) = inner.files.get_mut(&id) {
+                    file.data.extend_from_slice(buf);
+                }
+            })?;
             if inner.faults.fail_writes {
                 return Err(eio("write"));
             }
@@ -398,6 +480,7 @@ impl FileHandle for SimHandle {
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         self.with(|inner, id| {
+            inner.mutation(|_| {})?;
             let file = inner.files.get_mut(&id).expect("checked by with()");
             file.data.resize(len as usize, 0);
             file.synced_len = file.synced_len.min(file.data.len());
@@ -407,6 +490,7 @@ impl FileHandle for SimHandle {
 
     fn sync_data(&self) -> io::Result<()> {
         self.with(|inner, id| {
+            inner.mutation(|_| {})?;
             if inner.faults.fail_syncs {
                 return Err(eio("fsync"));
             }
@@ -439,6 +523,54 @@ mod tests {
         assert_eq!(fs.read_file(&dir.join("a")).unwrap(), b"durable");
         assert!(fs.read_file(&dir.join("b")).is_none());
         assert!(a.size().is_err(), "handles die with the crash");
+    }
+
+    #[test]
+    fn an_armed_crash_point_interrupts_exactly_the_nth_mutation() {
+        let fs = SimFs::new();
+        let dir = Path::new("/d");
+        fs.create_dir_all(dir).unwrap();
+        let mut a = fs.open(&dir.join("a"), true).unwrap(); // mutation 1
+        fs.sync_dir(dir).unwrap(); // 2
+        a.append(b"0123").unwrap(); // 3
+        a.sync_data().unwrap(); // 4
+        assert_eq!(fs.mutations(), 4);
+        fs.crash_after(2, || 0.5);
+        a.append(b"4567").unwrap(); // the 1st from now: done
+        let err = a.append(b"89ab").unwrap_err(); // the 2nd: power lost, half the tail kept
+        assert!(err.to_string().contains("power lost"), "{err}");
+        assert!(fs.is_down());
+        assert!(a.size().is_err());
+        fs.restart();
+        // Unsynced were "4567" + "89ab"; half of those 8 bytes survive.
+        assert_eq!(fs.read_file(&dir.join("a")).unwrap(), b"01234567");
+        assert_eq!(fs.mutations(), 6);
+    }
+
+    #[test]
+    fn kill_keeps_everything_written_even_unsynced() {
+        let fs = SimFs::new();
+        let dir = Path::new("/d");
+        fs.create_dir_all(dir).unwrap();
+        let mut a = fs.open(&dir.join("a"), true).unwrap();
+        a.append(b"written, never synced").unwrap();
+        fs.kill();
+        assert!(
+            a.append(b"x").is_err(),
+            "the dead process writes nothing more"
+        );
+        fs.restart();
+        assert_eq!(
+            fs.read_file(&dir.join("a")).unwrap(),
+            b"written, never synced"
+        );
+        fs.crash(|| 0.0);
+        fs.restart();
+        assert_eq!(
+            fs.read_file(&dir.join("a")).unwrap(),
+            b"written, never synced",
+            "after a kill the kernel has it: a later power loss keeps it too"
+        );
     }
 
     #[test]

@@ -58,6 +58,7 @@
 
 mod cursor;
 mod error;
+pub mod failpoint;
 pub mod frame;
 mod fs;
 mod inspect;

@@ -22,6 +22,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::cursor::{Cursor, CursorSlot};
 use crate::error::{Error, FullReason};
+use crate::failpoint::{self, crash_here};
 use crate::frame::{self, HEADER_BYTES};
 use crate::fs::{FileHandle, Filesystem, OsFs, SimFs};
 use crate::inspect::{DamagedRange, RecoveryReport};
@@ -326,6 +327,7 @@ impl Log {
             next_offset: recovered.next_offset,
             unsynced_since: None,
             last_ledger_write: Instant::now(),
+            dead: false,
         };
         let handle = std::thread::Builder::new()
             .name("veltrix-log-commit".into())
@@ -717,6 +719,8 @@ struct Committer {
     /// In `interval` mode: when written-but-unsynced data first appeared.
     unsynced_since: Option<Instant>,
     last_ledger_write: Instant,
+    /// Stopped dead at a failpoint (tests only): do nothing more, as a crashed process would.
+    dead: bool,
 }
 
 /// What one round of the committer takes from the shared state.
@@ -734,7 +738,7 @@ impl Committer {
             let round = self.next_round();
             let closing = round.closing;
             self.commit_round(round);
-            if closing {
+            if closing || self.dead {
                 break;
             }
         }
@@ -826,6 +830,9 @@ impl Committer {
         if !buf.is_empty() {
             self.write_records(&mut buf, records, waiters);
         }
+        if self.dead {
+            return;
+        }
         let sync_due = match (self.unsynced_since, self.interval()) {
             (Some(since), Some(every)) => closing || since.elapsed() >= every,
             _ => false,
@@ -838,6 +845,9 @@ impl Committer {
         }
         if let Some((entries, ledger_waiters)) = ledger {
             let result = self.write_ledger(entries);
+            if self.dead {
+                return;
+            }
             for tx in ledger_waiters {
                 let _ = tx.send(result.clone());
             }
@@ -868,6 +878,22 @@ impl Committer {
         Ok(())
     }
 
+    /// Stops the committer at a failpoint as a process crash would (see [`failpoint`]): the
+    /// round's tickets are dropped unresolved by the caller, the log is marked failed so waiting
+    /// and later appends get an error, and nothing touches a file again.
+    fn die(&mut self, point: &'static str) -> Error {
+        self.dead = true;
+        let cause = Error::io(
+            "stopping at a failpoint (simulated crash)",
+            &self.shared.dir,
+            std::io::Error::other(point),
+        );
+        self.poison(cause.clone());
+        // No later round will answer them: dropping the senders fails their waits (`Closed`).
+        drop(std::mem::take(&mut self.shared.lock().ledger_waiters));
+        cause
+    }
+
     fn poison(&mut self, cause: Error) {
         let poisoned = Error::Poisoned(Arc::new(cause));
         let waiters = {
@@ -896,14 +922,27 @@ impl Committer {
         let mut sealed: Vec<(u64, u64)> = Vec::new(); // (base, final len) of segments this round filled
         let mut created: Vec<u64> = Vec::new();
         let result = self.write_frames(buf, first_offset, &mut sealed, &mut created);
-        let result = result.and_then(|()| match self.shared.opts.durability {
-            Durability::Fsync => self.sync_active(),
-            Durability::Interval(_) => {
-                self.unsynced_since.get_or_insert_with(Instant::now);
-                Ok(())
+        let result = result.and_then(|()| {
+            if crash_here(failpoint::APPEND_BEFORE_FSYNC) {
+                return Err(self.die(failpoint::APPEND_BEFORE_FSYNC));
             }
-            Durability::Memory => Ok(()),
+            match self.shared.opts.durability {
+                Durability::Fsync => self.sync_active(),
+                Durability::Interval(_) => {
+                    self.unsynced_since.get_or_insert_with(Instant::now);
+                    Ok(())
+                }
+                Durability::Memory => Ok(()),
+            }
         });
+        if result.is_ok() && crash_here(failpoint::APPEND_BEFORE_ACK) {
+            self.die(failpoint::APPEND_BEFORE_ACK);
+        }
+        if self.dead {
+            // Dropping the senders leaves every ticket of the round unacknowledged.
+            drop(waiters);
+            return;
+        }
         match result {
             Ok(()) => {
                 let end_offset = first_offset + records;
@@ -1004,6 +1043,9 @@ impl Committer {
             .open(&path, true)
             .map_err(|e| Error::io("creating a segment", &path, e))?;
         created.push(base);
+        if crash_here(failpoint::ROTATE_BEFORE_DIR_SYNC) {
+            return Err(self.die(failpoint::ROTATE_BEFORE_DIR_SYNC));
+        }
         if self.shared.opts.durability != Durability::Memory {
             self.shared
                 .fs
@@ -1150,6 +1192,9 @@ impl Committer {
             }
             doomed
         };
+        if !doomed.is_empty() && crash_here(failpoint::RETENTION_BEFORE_UNLINK) {
+            return Err(self.die(failpoint::RETENTION_BEFORE_UNLINK));
+        }
         for base in doomed {
             let path = self.shared.segment_path(base);
             self.shared

@@ -10,8 +10,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+
 use proptest::prelude::*;
-use veltrix_log::{Cursor, Durability, Log, LogOptions, SimFs, verify_dir};
+use veltrix_log::{Cursor, Durability, Log, LogOptions, SimFs, frame, verify_dir};
 
 const DIR: &str = "/q";
 
@@ -325,9 +327,47 @@ fn files(fs: &SimFs) -> Vec<std::path::PathBuf> {
     names.into_iter().map(|n| Path::new(DIR).join(n)).collect()
 }
 
-/// Opens the damaged log and reads everything: what is delivered is intact and in order, and
-/// every record is either delivered, quarantined, or cut with a torn tail.
-fn recover_and_account(fs: &SimFs, payloads: &[Vec<u8>]) -> Result<(), TestCaseError> {
+/// Where each record of a clean log sits: `(file, offset, byte range in the file)`.
+fn frames(fs: &SimFs) -> Vec<(std::path::PathBuf, u64, std::ops::Range<usize>)> {
+    let mut out = Vec::new();
+    for path in files(fs) {
+        if path.extension().is_none_or(|e| e != "seg") {
+            continue;
+        }
+        let bytes = fs.read_file(&path).unwrap();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
+            let offset = u64::from_le_bytes(bytes[pos + 8..pos + 16].try_into().unwrap());
+            let end = pos + frame::HEADER_BYTES + len;
+            out.push((path.clone(), offset, pos..end));
+            pos = end;
+        }
+    }
+    out
+}
+
+/// Offsets of the records with at least one byte in `touched` (byte positions of `path`).
+fn records_touching(
+    frames: &[(std::path::PathBuf, u64, std::ops::Range<usize>)],
+    path: &Path,
+    touched: impl Fn(&std::ops::Range<usize>) -> bool,
+) -> BTreeSet<u64> {
+    frames
+        .iter()
+        .filter(|(p, _, range)| p == path && touched(range))
+        .map(|(_, offset, _)| *offset)
+        .collect()
+}
+
+/// Opens the damaged log and reads everything: what is delivered is intact and in order, every
+/// record outside `damaged` (the records whose bytes were changed or cut) is delivered, and every
+/// record is either delivered, quarantined, or cut with a torn tail.
+fn recover_and_account(
+    fs: &SimFs,
+    payloads: &[Vec<u8>],
+    damaged: &BTreeSet<u64>,
+) -> Result<(), TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -336,6 +376,7 @@ fn recover_and_account(fs: &SimFs, payloads: &[Vec<u8>]) -> Result<(), TestCaseE
             Log::open_with_fs(Arc::new(fs.clone()), DIR, opts(Durability::Fsync)).unwrap();
         let mut cursor = log.cursor("reader").unwrap();
         let mut delivered = 0u64;
+        let mut seen = BTreeSet::new();
         let mut last = None;
         loop {
             let batch = cursor.try_read_batch(100, 1 << 20).unwrap();
@@ -350,9 +391,20 @@ fn recover_and_account(fs: &SimFs, payloads: &[Vec<u8>]) -> Result<(), TestCaseE
                     "damaged data delivered"
                 );
                 last = Some(r.offset);
+                seen.insert(r.offset);
                 delivered += 1;
             }
         }
+        let missing: Vec<u64> = (0..payloads.len() as u64)
+            .filter(|o| !seen.contains(o) && !damaged.contains(o))
+            .collect();
+        prop_assert!(
+            missing.is_empty(),
+            "undamaged records not delivered: {:?} (damaged {:?}, {:?})",
+            missing,
+            damaged,
+            report
+        );
         let quarantined = log.stats().quarantined_records;
         let cut = payloads.len() as u64 - report.next_offset;
         prop_assert_eq!(
@@ -365,8 +417,16 @@ fn recover_and_account(fs: &SimFs, payloads: &[Vec<u8>]) -> Result<(), TestCaseE
     })
 }
 
+/// Cases per damage property: 500, or `VELTRIX_FAULT_DAMAGE_CASES` (the soak script raises it).
+fn damage_cases() -> u32 {
+    std::env::var("VELTRIX_FAULT_DAMAGE_CASES").map_or(500, |v| {
+        v.parse()
+            .expect("VELTRIX_FAULT_DAMAGE_CASES is a whole number")
+    })
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: damage_cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn bit_flips_anywhere_are_always_detected_and_recovered(
@@ -378,14 +438,16 @@ proptest! {
         let path = file_pick.get(&all).clone();
         let mut bytes = fs.read_file(&path).unwrap();
         prop_assume!(!bytes.is_empty());
-        let positions: std::collections::BTreeSet<usize> = bits.iter().map(|b| b.index(bytes.len() * 8)).collect();
+        let positions: BTreeSet<usize> = bits.iter().map(|b| b.index(bytes.len() * 8)).collect();
+        let layout = frames(&fs);
+        let damaged = records_touching(&layout, &path, |r| positions.iter().any(|b| r.contains(&(b / 8))));
         for bit in positions {
             bytes[bit / 8] ^= 1 << (bit % 8);
         }
         fs.write_file(&path, bytes);
         let integrity = verify_dir(&fs, Path::new(DIR), 200).unwrap();
         prop_assert!(!integrity.is_clean(), "flip in {:?} went undetected", path);
-        recover_and_account(&fs, &payloads)?;
+        recover_and_account(&fs, &payloads, &damaged)?;
     }
 
     #[test]
@@ -399,12 +461,43 @@ proptest! {
         let bytes = fs.read_file(&path).unwrap();
         prop_assume!(!bytes.is_empty());
         let at = cut.index(bytes.len());
+        let damaged = records_touching(&frames(&fs), &path, |r| r.end > at);
         fs.write_file(&path, bytes[..at].to_vec());
         let integrity = verify_dir(&fs, Path::new(DIR), 200).unwrap();
         let is_last_segment = path == *all.iter().rfind(|p| p.extension().is_some_and(|e| e == "seg")).unwrap();
         if !is_last_segment {
             prop_assert!(!integrity.is_clean(), "truncation of {:?} at {} went undetected", path, at);
         }
-        recover_and_account(&fs, &payloads)?;
+        recover_and_account(&fs, &payloads, &damaged)?;
+    }
+
+    #[test]
+    fn mixed_damage_in_several_files_spares_every_intact_record(
+        hits in prop::collection::vec(
+            (any::<prop::sample::Index>(), any::<bool>(), any::<prop::sample::Index>()),
+            1..=4,
+        ),
+    ) {
+        let (fs, payloads) = built(200);
+        let all = files(&fs);
+        let layout = frames(&fs);
+        let mut damaged = BTreeSet::new();
+        for (file_pick, truncate, at) in hits {
+            let path = file_pick.get(&all).clone();
+            let mut bytes = fs.read_file(&path).unwrap();
+            if bytes.is_empty() {
+                continue;
+            }
+            let at = at.index(bytes.len());
+            if truncate {
+                damaged.extend(records_touching(&layout, &path, |r| r.end > at));
+                bytes.truncate(at);
+            } else {
+                damaged.extend(records_touching(&layout, &path, |r| r.contains(&at)));
+                bytes[at] ^= 0x5A;
+            }
+            fs.write_file(&path, bytes);
+        }
+        recover_and_account(&fs, &payloads, &damaged)?;
     }
 }

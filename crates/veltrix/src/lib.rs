@@ -38,6 +38,9 @@ pub fn main() -> ExitCode {
 
 /// The `veltrix` command line with `plugins`' handler types available in configs.
 pub fn main_with(plugins: Plugins) -> ExitCode {
+    // Test builds (feature `failpoints`) arm the failpoints named in `FAILPOINTS`.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let _ = PLUGINS.set(plugins);
     cli::main()
 }

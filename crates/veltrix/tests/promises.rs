@@ -214,7 +214,7 @@ async fn kill_9_at_random_moments_under_steady_load_loses_no_acknowledged_event(
     let duplicated: Vec<(&String, &u32)> = counts.iter().filter(|(_, n)| **n > 1).collect();
     // When each duplicated id first reached the sink: the first sample past its line's end.
     let text = std::fs::read_to_string(&sink).unwrap();
-    let mut first_written: HashMap<&str, Instant> = HashMap::new();
+    let mut first_written: HashMap<String, Instant> = HashMap::new();
     let mut end = 0u64;
     for line in text.split_inclusive('\n') {
         end += line.len() as u64;
@@ -226,7 +226,7 @@ async fn kill_9_at_random_moments_under_steady_load_loses_no_acknowledged_event(
         };
         if counts.get(id).is_some_and(|n| *n > 1) && !first_written.contains_key(id) {
             let at = samples.iter().find(|(_, len)| *len >= end).map(|(t, _)| *t);
-            first_written.insert(id, at.unwrap_or_else(Instant::now));
+            first_written.insert(id.to_owned(), at.unwrap_or_else(Instant::now));
         }
     }
     let outside_window: Vec<&String> = duplicated
