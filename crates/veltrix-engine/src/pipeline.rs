@@ -29,15 +29,15 @@
 //! random time in `[0, min(backoff_max, backoff_initial × 2^n)]` (full jitter; at least the
 //! sink's `Retry-After`, capped at `backoff_max`). Permanent errors and exhausted retries
 //! dead-letter the write's events; so does a processor failing on an event. Poison events: when
-//! the failure points at the data rather than at the sink's availability (a permanent error, or
-//! an HTTP 500 that outlasted the retries) and the write holds more than one event, it is split
-//! in two and each half delivered in order with its own retries, recursively, so only the events
-//! the sink refuses alone are dead-lettered (each after exactly its own attempts) and the rest
-//! are delivered (`veltrix_sink_batch_splits_total`). Unavailability (timeouts, connection
-//! errors, 429, 502–504) dead-letters the whole write: splitting would only multiply the waits.
-//! Head-of-line delay for one batch is therefore at most `attempts_max × (backoff_max + sink
-//! timeout)`, times `1 + ⌈log2 events⌉` per poison event it holds; other workers keep delivering
-//! meanwhile. Ordering: none across batches when `workers > 1`.
+//! the sink refuses a write of several events for good (a permanent error: 4xx, a PostgreSQL
+//! data or constraint error, ...), the write is split in two and each half delivered in order,
+//! recursively, so only the events the sink refuses alone are dead-lettered and the rest are
+//! delivered (`veltrix_sink_batch_splits_total`): at most `2 × events − 1` writes, none of them
+//! retried. Retryable failures are not split: they say nothing about which event is at fault,
+//! and splitting an outage would multiply its waits. Head-of-line delay for one batch is
+//! therefore at most `attempts_max × (backoff_max + sink timeout)` (plus the split writes of a
+//! refused batch); other workers keep delivering meanwhile. Ordering: none across batches when
+//! `workers > 1`.
 //!
 //! Aggregates: events an aggregate consumes are acknowledged by the pipeline's emitter task once
 //! their window's derived events are durably in the `into` queue (see `processors/aggregate.rs`
@@ -600,8 +600,8 @@ enum Written {
     Delivered,
     /// Failed for good.
     Failed {
-        /// The sink refused the data rather than being unavailable (a permanent error, or an
-        /// HTTP 500 that outlasted the retries): splitting the write may isolate the culprit.
+        /// The sink refused the data (a permanent error) rather than being unavailable:
+        /// splitting the write may isolate the culprit.
         data_suspect: bool,
         reason: &'static str,
         attempts: u32,
@@ -854,7 +854,7 @@ async fn deliver(
             .status
             .map_or_else(|| "error".to_owned(), |s| s.to_string());
         metrics::counter!("veltrix_sink_requests_total", "sink" => slot.name.clone(), "outcome" => outcome, "status" => status).increment(1);
-        let data_suspect = error.retry == Retry::Permanent || error.status == Some(500);
+        let data_suspect = error.retry == Retry::Permanent;
         let failed = |reason| Written::Failed {
             data_suspect,
             reason,

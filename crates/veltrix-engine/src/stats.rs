@@ -694,6 +694,11 @@ pub(crate) fn describe_metrics() {
         Unit::Count,
         "Messages the destination recognised as duplicates of ones it already stored (NATS JetStream Nats-Msg-Id), by sink."
     );
+    describe_counter!(
+        "veltrix_sink_batch_splits_total",
+        Unit::Count,
+        "Sink writes split in two because the sink refused their data for good (isolating poison events), by pipeline and sink."
+    );
     describe_gauge!(
         "veltrix_sink_concurrency_limit",
         Unit::Count,

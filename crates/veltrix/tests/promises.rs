@@ -159,8 +159,9 @@ async fn kill_9_at_random_moments_under_steady_load_loses_no_acknowledged_event(
     let kills = soak("KILLS", 20);
     // Duplicates may only be events the sink got shortly before a kill: the pipeline had
     // delivered them but its cursor position was not persisted yet (every 250 ms), or they were
-    // in flight (no answer to their request).
-    const DUPLICATE_WINDOW: Duration = Duration::from_secs(2);
+    // in the batch being written (the file sink's fdatasync, seconds on a loaded disk, comes
+    // after the bytes are visible in the file).
+    const DUPLICATE_WINDOW: Duration = Duration::from_secs(5);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -616,16 +617,15 @@ async fn a_full_disk_answers_503_with_retry_after_and_ingestion_resumes_when_spa
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn poison_events_are_dead_lettered_alone_after_exactly_the_configured_attempts() {
+async fn poison_events_the_sink_refuses_are_dead_lettered_alone_and_the_rest_delivered() {
     let _alone = ALONE.lock().await;
-    const ATTEMPTS: u64 = 3;
     let events = soak("POISON_EVENTS", 5_000) as usize;
     let receiver = Receiver::start().await;
-    receiver.set_mode(Mode::FailPoison);
+    receiver.set_mode(Mode::RefusePoison);
     let dir = tempfile::tempdir().unwrap();
     let topology = format!(
         "[queues.q]\ntypes = [\"*\"]\n[pipelines.p]\nfrom = [\"q\"]\nworkers = 2\nbatch_events_max = 100\n\
-         retry = {{ attempts_max = {ATTEMPTS}, backoff_initial = \"5ms\", backoff_max = \"20ms\" }}\n\
+         retry = {{ attempts_max = 3, backoff_initial = \"5ms\", backoff_max = \"20ms\" }}\n\
          sink = \"downstream\"\n[sinks.downstream]\ntype = \"http\"\nurl = \"{}\"\n",
         receiver.url
     );
@@ -643,12 +643,15 @@ async fn poison_events_are_dead_lettered_alone_after_exactly_the_configured_atte
     let started = Instant::now();
     for chunk in ids.chunks(500) {
         let batch: Vec<Value> = chunk.iter().map(|id| event(id)).collect();
-        let (status, body) =
-            post(&engine.ingest, "application/x-ndjson", ndjson(&batch), &[]).await;
+        let (status, body) = post(&engine.ingest, "application/x-ndjson", ndjson(&batch), &[]).await;
         assert_eq!(status, 202, "{body}");
     }
     let healthy: HashSet<&String> = ids.iter().filter(|id| id.starts_with("ok-")).collect();
-    let poison: HashSet<&String> = ids.iter().filter(|id| id.starts_with("poison")).collect();
+    let poison: HashSet<String> = ids
+        .iter()
+        .filter(|id| id.starts_with("poison"))
+        .cloned()
+        .collect();
     assert!(
         wait_until(async || {
             let got = receiver.delivered_ids();
@@ -668,25 +671,19 @@ async fn poison_events_are_dead_lettered_alone_after_exactly_the_configured_atte
         .iter()
         .map(|e| e["id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(
-        dead_ids,
-        poison.iter().map(|s| (*s).clone()).collect::<HashSet<_>>(),
-        "only the poison events are dead-lettered"
-    );
+    assert_eq!(dead_ids, poison, "only the poison events are dead-lettered");
     for entry in &dead {
-        assert_eq!(entry["attempts"], ATTEMPTS, "{entry}");
-        assert_eq!(entry["reason"], "retries exhausted", "{entry}");
+        // Refused for good: one attempt, not retried.
+        assert_eq!(entry["attempts"], 1, "{entry}");
+        assert_eq!(entry["reason"], "permanent sink error", "{entry}");
         assert!(
-            entry["last_error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("500"),
+            entry["last_error"].as_str().unwrap_or_default().contains("422"),
             "{entry}"
         );
     }
     let delivered = receiver.delivered_ids();
     assert!(
-        poison.iter().all(|id| !delivered.contains(*id)),
+        poison.iter().all(|id| !delivered.contains(id)),
         "a poison event never counts as delivered"
     );
     let splits = metric(
@@ -697,7 +694,7 @@ async fn poison_events_are_dead_lettered_alone_after_exactly_the_configured_atte
     .await;
     println!(
         "poison: {events} events, {} poison (1 %): all {} healthy delivered, the {} poison \
-         dead-lettered alone after {ATTEMPTS} attempts each, {splits} batch splits, {elapsed:?} in all",
+         dead-lettered alone after 1 attempt each, {splits} batch splits, {elapsed:?} in all",
         poison.len(),
         healthy.len(),
         dead.len()

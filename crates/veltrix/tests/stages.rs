@@ -116,7 +116,7 @@ fn a_queue_cycle_is_refused_with_its_location() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let report = format!("{stdout}{stderr}");
         let at = format!(
-            "{}:{line}:9: error[V012]: queue cycle: `raw` → pipeline `enrich` → queue sink `stage2` → `enriched` → pipeline `store` → queue sink `back` → `raw`",
+            "{}:{line}:9: error[V012]: pipeline `enrich` writes into queue `enriched`, whose events come back to pipeline `enrich` through pipeline(s) `store`: a cycle",
             cfg.display()
         );
         assert!(report.contains(&at), "{command:?}:\n{report}");

@@ -310,9 +310,10 @@ pub enum Mode {
     Flaky = 2,
     /// 400: the batch is refused for good.
     Refuse = 3,
-    /// 500 for any batch holding an event whose id starts with `poison` (a receiver that
-    /// crashes on that data; retryable, so only splitting the batch gets the rest through).
+    /// 503 for any batch holding an event whose id starts with `poison`.
     FailPoison = 4,
+    /// 422 (refused for good) for any batch holding an event whose id starts with `poison`.
+    RefusePoison = 5,
 }
 
 #[derive(Default)]
@@ -452,7 +453,8 @@ async fn receive(
             }
         }
         3 => StatusCode::BAD_REQUEST,
-        4 if ids.iter().any(|id| id.starts_with("poison")) => StatusCode::INTERNAL_SERVER_ERROR,
+        4 if ids.iter().any(|id| id.starts_with("poison")) => StatusCode::SERVICE_UNAVAILABLE,
+        5 if ids.iter().any(|id| id.starts_with("poison")) => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::OK,
     };
     if status == StatusCode::OK {
