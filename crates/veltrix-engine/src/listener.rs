@@ -262,7 +262,10 @@ mod tests {
         })
         .await;
         let mut stream = TcpStream::connect(address).await.unwrap();
-        stream.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        stream
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
         let said = read_to_close(&mut stream, PATIENCE).await;
         assert_eq!(said.as_deref(), Some(""), "closed without an answer");
     }

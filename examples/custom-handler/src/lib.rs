@@ -19,8 +19,12 @@ use veltrix_engine::handler::{
 /// The handler types this program adds.
 pub fn plugins() -> Plugins {
     Plugins::new()
-        .processor("redact", |options| Ok(Arc::new(Redact::from_options(options)?)))
-        .sink("spool", |options| Ok(Arc::new(Spool::from_options(options)?)))
+        .processor("redact", |options| {
+            Ok(Arc::new(Redact::from_options(options)?))
+        })
+        .sink("spool", |options| {
+            Ok(Arc::new(Spool::from_options(options)?))
+        })
 }
 
 /// `{ type = "redact", fields = ["email", "card"] }`.
@@ -102,7 +106,13 @@ impl Spool {
             let name: String = event
                 .id()
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect();
             let path = self.dir.join(format!("{name}.json"));
             let temp = self.dir.join(format!(".{name}.json.tmp"));
@@ -123,7 +133,9 @@ impl Spool {
         let dir = tokio::fs::File::open(&self.dir)
             .await
             .map_err(|e| io("opening the directory", e))?;
-        dir.sync_all().await.map_err(|e| io("syncing the directory", e))
+        dir.sync_all()
+            .await
+            .map_err(|e| io("syncing the directory", e))
     }
 }
 
@@ -164,7 +176,10 @@ mod tests {
             (json!({}), "`fields` is required"),
             (json!({"fields": []}), "non-empty array"),
             (json!({"fields": [1]}), "non-empty array of strings"),
-            (json!({"fields": ["a"], "feilds": 1}), "unknown option `feilds`"),
+            (
+                json!({"fields": ["a"], "feilds": 1}),
+                "unknown option `feilds`",
+            ),
         ] {
             let error = Redact::from_options(&options).err().unwrap();
             assert!(error.contains(needle), "{options}: {error}");

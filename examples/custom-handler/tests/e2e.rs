@@ -18,8 +18,8 @@ fn run(args: &[&str], data_dir: &Path) -> (i32, String) {
         .env("VELTRIX_DATA_DIR", data_dir)
         .output()
         .expect("run the example");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -30,7 +30,10 @@ async fn events_are_redacted_by_the_custom_processor_and_spooled_by_the_custom_s
     let config = dir.path().join("veltrix.toml");
     let text = std::fs::read_to_string(CONFIG)
         .unwrap()
-        .replace("${VELTRIX_DATA_DIR:-./veltrix-data}", &data.display().to_string())
+        .replace(
+            "${VELTRIX_DATA_DIR:-./veltrix-data}",
+            &data.display().to_string(),
+        )
         .replace("${VELTRIX_API_ADDRESS:-127.0.0.1:8081}", "127.0.0.1:0")
         .replace("${VELTRIX_INGEST_ADDRESS:-127.0.0.1:8080}", "127.0.0.1:0");
     std::fs::write(&config, text).unwrap();
@@ -52,13 +55,24 @@ async fn events_are_redacted_by_the_custom_processor_and_spooled_by_the_custom_s
     let spool = data.join("spool");
     let count = || {
         std::fs::read_dir(&spool)
-            .map(|d| d.filter_map(Result::ok).filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
             .unwrap_or(0)
     };
-    assert!(wait_until(async || count() == 20).await, "{} of 20 spooled", count());
+    assert!(
+        wait_until(async || count() == 20).await,
+        "{} of 20 spooled",
+        count()
+    );
     let delivered: Value =
         serde_json::from_slice(&std::fs::read(spool.join("u-7.json")).unwrap()).unwrap();
-    assert_eq!(delivered["data"], json!({"name": "user 7", "redacted": true}));
+    assert_eq!(
+        delivered["data"],
+        json!({"name": "user 7", "redacted": true})
+    );
     assert!(engine.stop().success());
 }
 
@@ -91,7 +105,10 @@ fn config_tests_run_the_custom_processor() {
 fn the_plain_veltrix_binary_does_not_know_the_custom_types() {
     // The registry is what makes `redact` valid: without it the same file is an error.
     let loaded = veltrix_core_check(CONFIG);
-    assert!(loaded.contains("unknown processor type \"redact\""), "{loaded}");
+    assert!(
+        loaded.contains("unknown processor type \"redact\""),
+        "{loaded}"
+    );
 }
 
 fn veltrix_core_check(path: &str) -> String {
