@@ -115,6 +115,8 @@ fn breakdown(config: &veltrix_core::config::Config, body: &[u8]) {
                         counted(&mut steps[2], || m.run(&mut runtime, &mut value).unwrap());
                     }
                     ProcessorConfig::Remap(_) => {}
+                    // The benchmark topology has no custom (plugin) processors.
+                    ProcessorConfig::Custom(_) => unreachable!("no custom processors here"),
                 }
             }
             if kept {
