@@ -15,12 +15,13 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
 use crate::deadletter::{DeadLetters, LIST_MAX, QueueLookup};
 use crate::engine::{Reload, Reloader};
+use crate::listener::BodyError;
 use crate::live::Live;
 use crate::problem::Problem;
 
@@ -31,17 +32,46 @@ pub(crate) struct ApiState {
     pub(crate) accepting: Arc<AtomicBool>,
     pub(crate) metrics: PrometheusHandle,
     pub(crate) token: Option<String>,
+    /// A request body (dead-letter selections) must arrive within this (408 after).
+    pub(crate) body_timeout: std::time::Duration,
 }
 
+/// Every admin route that needs the `[api]` token when one is set, as (method, path). The
+/// router is built from this list (a route missing here does not exist), so the tests that
+/// knock on each of these without the token cover every guarded route.
+pub const GUARDED_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/v1/stats"),
+    ("GET", "/api/v1/dlq/{pipeline}"),
+    ("POST", "/api/v1/dlq/{pipeline}/replay"),
+    ("POST", "/api/v1/dlq/{pipeline}/purge"),
+    ("POST", "/api/v1/reload"),
+];
+
+/// The handler of a [`GUARDED_ROUTES`] entry.
+fn guarded(method: &str, path: &str) -> MethodRouter<Arc<ApiState>> {
+    match (method, path) {
+        ("GET", "/readyz") => get(readyz),
+        ("GET", "/metrics") => get(metrics),
+        ("GET", "/api/v1/stats") => get(stats),
+        ("GET", "/api/v1/dlq/{pipeline}") => get(dlq_list),
+        ("POST", "/api/v1/dlq/{pipeline}/replay") => post(dlq_replay),
+        ("POST", "/api/v1/dlq/{pipeline}/purge") => post(dlq_purge),
+        ("POST", "/api/v1/reload") => post(reload),
+        other => unreachable!("GUARDED_ROUTES lists {other:?}, which has no handler"),
+    }
+}
+
+/// Largest dead-letter selection body (`{"ids": [...]}`).
+const SELECTION_BYTES_MAX: usize = 2 * 1024 * 1024;
+
 pub(crate) fn router(state: Arc<ApiState>) -> Router {
-    let guarded = Router::new()
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/stats", get(stats))
-        .route("/api/v1/dlq/{pipeline}", get(dlq_list))
-        .route("/api/v1/dlq/{pipeline}/replay", post(dlq_replay))
-        .route("/api/v1/dlq/{pipeline}/purge", post(dlq_purge))
-        .route("/api/v1/reload", post(reload))
+    let guarded = GUARDED_ROUTES
+        .iter()
+        .fold(Router::new(), |router, (method, path)| {
+            router.route(path, guarded(method, path))
+        })
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(crate::dashboard::index))
@@ -199,11 +229,21 @@ fn storage_problem(dlq: &str, detail: &str) -> Problem {
 async fn dlq_take(
     st: &ApiState,
     pipeline: &str,
-    body: &[u8],
+    body: axum::body::Body,
     purge: bool,
 ) -> Result<Response, Problem> {
     let dlq = dlq_of(st, pipeline)?;
-    let ids = selection(body)?;
+    let body = crate::listener::read_body(body, SELECTION_BYTES_MAX, st.body_timeout)
+        .await
+        .map_err(|e| {
+            let status = match e {
+                BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                BodyError::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
+                BodyError::Unreadable(_) => StatusCode::BAD_REQUEST,
+            };
+            Problem::new(status, "bad-body", "Bad request body", e.to_string())
+        })?;
+    let ids = selection(&body)?;
     let outcome = dlq
         .take(ids.as_ref(), purge, &queue_lookup(&st.live))
         .await
@@ -220,9 +260,9 @@ async fn dlq_take(
 async fn dlq_replay(
     State(st): State<Arc<ApiState>>,
     Path(pipeline): Path<String>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    dlq_take(&st, &pipeline, &body, false)
+    dlq_take(&st, &pipeline, body, false)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -230,9 +270,9 @@ async fn dlq_replay(
 async fn dlq_purge(
     State(st): State<Arc<ApiState>>,
     Path(pipeline): Path<String>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    dlq_take(&st, &pipeline, &body, true)
+    dlq_take(&st, &pipeline, body, true)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }

@@ -237,18 +237,15 @@ async fn bind(what: String, address: SocketAddr) -> Result<(TcpListener, SocketA
     Ok((listener, bound))
 }
 
+/// Runs one listener's accept loop (see `listener.rs`) until `stop`.
 fn serve(
     listener: TcpListener,
     router: axum::Router,
-    mut stop: watch::Receiver<bool>,
+    limits: config::ListenerLimits,
+    name: String,
+    stop: watch::Receiver<bool>,
 ) -> JoinHandle<io::Result<()>> {
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-    })
+    tokio::spawn(crate::listener::serve(listener, router, limits, name, stop))
 }
 
 impl Engine {
@@ -297,6 +294,7 @@ impl Engine {
                         received: metrics::counter!("veltrix_events_received_total", "source" => name.clone()),
                         live: live.clone(),
                         body_bytes_max: http.body_bytes_max.bytes(),
+                        body_timeout: http.limits.body_timeout,
                         tokens: http.tokens.clone(),
                         accepting: accepting.clone(),
                         body_budget: ingest::body_budget(http.body_bytes_max.bytes()),
@@ -305,7 +303,13 @@ impl Engine {
                         bind(format!("source `{name}`"), http.address).await?;
                     ingest_addrs.push((name.clone(), address));
                     sources.push((name.clone(), address.to_string(), counters));
-                    servers.push(serve(listener, ingest::router(state), stop_http_rx.clone()));
+                    servers.push(serve(
+                        listener,
+                        ingest::router(state),
+                        http.limits,
+                        format!("sources.{name}"),
+                        stop_http_rx.clone(),
+                    ));
                 }
                 pull => {
                     let counters = Arc::new(SourceCounters::default());
@@ -381,9 +385,16 @@ impl Engine {
             accepting: accepting.clone(),
             metrics,
             token: config.api.token.clone(),
+            body_timeout: config.api.limits.body_timeout,
             reloader: reloader.clone(),
         });
-        servers.push(serve(listener, api::router(api_state), stop_http_rx));
+        servers.push(serve(
+            listener,
+            api::router(api_state),
+            config.api.limits,
+            "api".to_owned(),
+            stop_http_rx,
+        ));
         accepting.store(true, Ordering::Release);
         let ingest_list: Vec<String> = topology.ingest.iter().map(|(_, a)| a.to_string()).collect();
         tracing::info!(

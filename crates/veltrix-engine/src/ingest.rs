@@ -1,7 +1,7 @@
 //! HTTP ingest: `POST /v1/events`.
 //!
 //! A request is all or nothing. The body is read up to `body_bytes_max` (413 beyond, without
-//! reading further), decoded (415 for an unknown content type, 400 naming every bad event),
+//! reading further) within the listener's `body_timeout` (408 after it), decoded (415 for an unknown content type, 400 naming every bad event),
 //! routed (422 naming every event whose type no queue takes), then appended to each queue as one
 //! batch. `202 {"accepted": N}` is sent only after every queue's group commit made the events
 //! durable. A full queue answers 429 with `Retry-After` at once; storage failures answer 503.
@@ -20,6 +20,7 @@ use axum::routing::post;
 use serde_json::json;
 use veltrix_core::event::{self, DecodeError, Headers};
 
+use crate::listener::BodyError;
 use crate::live::Live;
 use crate::problem::{EventProblem, Problem};
 use crate::queues::Queue;
@@ -37,6 +38,8 @@ pub(crate) struct IngestState {
     /// Routing and queues (swapped by reloads).
     pub(crate) live: Arc<Live>,
     pub(crate) body_bytes_max: u64,
+    /// The whole body must arrive within this once reading starts (408 after).
+    pub(crate) body_timeout: std::time::Duration,
     /// When non-empty, requests need one of these bearer tokens.
     pub(crate) tokens: Vec<String>,
     /// False once shutdown began: requests get 503.
@@ -162,24 +165,23 @@ async fn ingest(st: &IngestState, headers: &HeaderMap, body: Body) -> Result<Acc
         .await
         .map_err(|_| unavailable("the engine is shutting down"))?;
     let limit = usize::try_from(st.body_bytes_max).unwrap_or(usize::MAX);
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        let mut is_limit = false;
-        while let Some(s) = source {
-            is_limit |= s.is::<http_body_util::LengthLimitError>();
-            source = s.source();
-        }
-        if is_limit {
-            too_large()
-        } else {
-            Problem::new(
+    let bytes = crate::listener::read_body(body, limit, st.body_timeout)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { .. } => too_large(),
+            BodyError::Timeout { .. } => Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "Request body too slow",
+                format!("{e} (body_timeout); send the body at once, or in smaller requests"),
+            ),
+            BodyError::Unreadable(_) => Problem::new(
                 StatusCode::BAD_REQUEST,
                 "unreadable-body",
                 "Unreadable body",
-                format!("reading the body failed: {e}"),
-            )
-        }
-    })?;
+                e.to_string(),
+            ),
+        })?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -600,6 +602,7 @@ mod tests {
             received: metrics::Counter::noop(),
             live: Arc::new(live),
             body_bytes_max: 1024,
+            body_timeout: std::time::Duration::from_secs(30),
             tokens: Vec::new(),
             accepting: Arc::new(AtomicBool::new(accepting)),
             body_budget: body_budget(1024),

@@ -22,6 +22,7 @@ mod deadletter;
 mod engine;
 pub mod handler;
 mod ingest;
+mod listener;
 mod live;
 mod nats_client;
 mod pipeline;
@@ -36,5 +37,6 @@ mod sources;
 mod stats;
 pub mod testing;
 
+pub use api::GUARDED_ROUTES as ADMIN_GUARDED_ROUTES;
 pub use components::{Changes, Delta};
 pub use engine::{Engine, EngineError, Reload, Topology};

@@ -242,16 +242,11 @@ async fn every_admin_route_but_healthz_needs_the_token_and_ingest_tokens_guard_i
         );
     std::fs::write(&path, text).unwrap();
     let engine = Engine::start(&path);
-    let routes = [
-        ("GET", "/readyz"),
-        ("GET", "/metrics"),
-        ("GET", "/api/v1/stats"),
-        ("GET", "/api/v1/dlq/p"),
-        ("POST", "/api/v1/dlq/p/replay"),
-        ("POST", "/api/v1/dlq/p/purge"),
-    ];
-    for (method, route) in routes {
-        let url = format!("{}{route}", engine.api);
+    // Every guarded route: the router is built from this list, so none can be missed here.
+    let routes = veltrix_engine::ADMIN_GUARDED_ROUTES;
+    assert!(routes.contains(&("POST", "/api/v1/reload")) && routes.len() >= 7);
+    for &(method, route) in routes {
+        let url = format!("{}{}", engine.api, route.replace("{pipeline}", "p"));
         let request = |token: Option<&str>| {
             let r = client()
                 .request(method.parse().unwrap(), &url)

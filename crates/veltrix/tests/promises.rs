@@ -643,7 +643,8 @@ async fn poison_events_the_sink_refuses_are_dead_lettered_alone_and_the_rest_del
     let started = Instant::now();
     for chunk in ids.chunks(500) {
         let batch: Vec<Value> = chunk.iter().map(|id| event(id)).collect();
-        let (status, body) = post(&engine.ingest, "application/x-ndjson", ndjson(&batch), &[]).await;
+        let (status, body) =
+            post(&engine.ingest, "application/x-ndjson", ndjson(&batch), &[]).await;
         assert_eq!(status, 202, "{body}");
     }
     let healthy: HashSet<&String> = ids.iter().filter(|id| id.starts_with("ok-")).collect();
@@ -677,7 +678,10 @@ async fn poison_events_the_sink_refuses_are_dead_lettered_alone_and_the_rest_del
         assert_eq!(entry["attempts"], 1, "{entry}");
         assert_eq!(entry["reason"], "permanent sink error", "{entry}");
         assert!(
-            entry["last_error"].as_str().unwrap_or_default().contains("422"),
+            entry["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("422"),
             "{entry}"
         );
     }

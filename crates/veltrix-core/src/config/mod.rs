@@ -123,6 +123,22 @@ pub struct ApiConfig {
     pub address: SocketAddr,
     /// When set, admin routes require `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Timeouts and the connection cap of the admin listener.
+    pub limits: ListenerLimits,
+}
+
+/// What one HTTP listener (an http source or the admin API) allows a client: how long it may
+/// take to send a request's head and body, and how many connections may be open at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// The request line and headers must arrive within this (also the idle keep-alive limit);
+    /// default 10 s.
+    pub header_timeout: Duration,
+    /// A request body must arrive within this once its handler starts reading it (408 after);
+    /// default 30 s.
+    pub body_timeout: Duration,
+    /// Connections open at once; more wait in the accept backlog. Default 1024.
+    pub connections_max: usize,
 }
 
 /// `[sources.NAME]`.
@@ -210,6 +226,8 @@ pub struct HttpSourceConfig {
     pub body_bytes_max: ByteSize,
     /// When non-empty, a request needs `Authorization: Bearer <one of these>`.
     pub tokens: Vec<String>,
+    /// Timeouts and the connection cap of the source's listener.
+    pub limits: ListenerLimits,
 }
 
 /// `[queues.NAME]`.
@@ -507,6 +525,13 @@ const DEFAULT_POSTGRES_TIMEOUT: Duration = Duration::from_secs(10);
 const SQL_IDENTIFIER_BYTES_MAX: usize = 63;
 /// The columns every PostgreSQL sink table has (mapped columns take other names).
 pub const POSTGRES_FIXED_COLUMNS: [&str; 6] = ["id", "source", "type", "time", "subject", "data"];
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_CONNECTIONS_MAX: usize = 1024;
+/// Beyond these a listener limit is a mistake (a slow client could hold a slot for longer).
+const HEADER_TIMEOUT_MAX: Duration = Duration::from_secs(5 * 60);
+const BODY_TIMEOUT_MAX: Duration = Duration::from_secs(60 * 60);
+const CONNECTIONS_MAX_MAX: i64 = 65_536;
 const ATTEMPTS_MAX_MAX: i64 = 1000;
 
 /// Limits on settings: beyond them a value is a mistake, not a tuning choice.
@@ -548,6 +573,17 @@ impl Default for ApiConfig {
         ApiConfig {
             address: DEFAULT_API_ADDRESS.parse().expect("valid default address"),
             token: None,
+            limits: ListenerLimits::default(),
+        }
+    }
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            connections_max: DEFAULT_CONNECTIONS_MAX,
         }
     }
 }
@@ -558,6 +594,7 @@ impl Default for HttpSourceConfig {
             address: DEFAULT_HTTP_ADDRESS.parse().expect("valid default address"),
             body_bytes_max: ByteSize(DEFAULT_BODY_BYTES_MAX),
             tokens: Vec::new(),
+            limits: ListenerLimits::default(),
         }
     }
 }
@@ -752,8 +789,22 @@ const ROOT_KEYS: &[&str] = &[
     "tests",
     "include",
 ];
-const API_KEYS: &[&str] = &["address", "token"];
-const HTTP_SOURCE_KEYS: &[&str] = &["type", "address", "body_bytes_max", "tokens"];
+const API_KEYS: &[&str] = &[
+    "address",
+    "token",
+    "header_timeout",
+    "body_timeout",
+    "connections_max",
+];
+const HTTP_SOURCE_KEYS: &[&str] = &[
+    "type",
+    "address",
+    "body_bytes_max",
+    "tokens",
+    "header_timeout",
+    "body_timeout",
+    "connections_max",
+];
 const GENERATOR_SOURCE_KEYS: &[&str] = &[
     "type",
     "rate",
@@ -782,6 +833,9 @@ const SOURCE_KEYS: &[&str] = &[
     "address",
     "body_bytes_max",
     "tokens",
+    "header_timeout",
+    "body_timeout",
+    "connections_max",
     "rate",
     "count",
     "types",
@@ -1366,6 +1420,7 @@ impl Decoder<'_> {
         if let Some(token) = get(table, "token") {
             api.token = self.non_empty_string(token, "token");
         }
+        self.listener_limits(table, &mut api.limits);
         if !api.address.ip().is_loopback() && api.token.is_none() {
             let span = get(table, "address").map_or(value.span(), Spanned::span);
             self.warning_coded(
@@ -1429,7 +1484,43 @@ impl Decoder<'_> {
                 }
             }
         }
+        self.listener_limits(table, &mut http.limits);
         Some(SourceConfig::Http(http))
+    }
+
+    /// `header_timeout`, `body_timeout` and `connections_max` of a listener's table.
+    fn listener_limits(&mut self, table: &DeTable<'_>, limits: &mut ListenerLimits) {
+        for (key, max, slot) in [
+            (
+                "header_timeout",
+                HEADER_TIMEOUT_MAX,
+                &mut limits.header_timeout,
+            ),
+            ("body_timeout", BODY_TIMEOUT_MAX, &mut limits.body_timeout),
+        ] {
+            let Some(value) = get(table, key) else {
+                continue;
+            };
+            match self.duration(value, key) {
+                Some(d) if d > max => self.error_coded(
+                    codes::INVALID_VALUE,
+                    value.span(),
+                    format!(
+                        "`{key}` must be at most {}: a slow client would hold a connection \
+                         that long",
+                        format_duration(max)
+                    ),
+                    Some(format!("use a value up to \"{}\"", format_duration(max))),
+                ),
+                Some(d) => *slot = d,
+                None => {}
+            }
+        }
+        if let Some(n) = get(table, "connections_max")
+            .and_then(|v| self.integer(v, "connections_max", 1..CONNECTIONS_MAX_MAX + 1))
+        {
+            limits.connections_max = usize::try_from(n).expect("range-checked");
+        }
     }
 
     fn generator(&mut self, name: &str, table: &DeTable<'_>) -> Option<SourceConfig> {

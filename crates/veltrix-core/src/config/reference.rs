@@ -91,6 +91,44 @@ fn duration(d: Duration) -> DefaultDoc {
 const SIZE: &str = "size: `\"64MiB\"`, `\"10MB\"` or bytes";
 const DURATION: &str = "duration: `\"200ms\"`, `\"5s\"`, `\"1m\"`";
 
+/// The slow-client and connection limits every HTTP listener takes (`[api]` and http sources);
+/// `which` ends each meaning (e.g. " (http)").
+fn listener_limit_keys(which: &str) -> Vec<KeyDoc> {
+    vec![
+        key(
+            "header_timeout",
+            DURATION,
+            duration(DEFAULT_HEADER_TIMEOUT),
+            format!("up to {}", format_duration(HEADER_TIMEOUT_MAX)),
+            format!(
+                "A request's line and headers must arrive within this, or the connection is \
+                 closed (slowloris); it is also how long an idle keep-alive connection stays \
+                 open{which}."
+            ),
+        ),
+        key(
+            "body_timeout",
+            DURATION,
+            duration(DEFAULT_BODY_TIMEOUT),
+            format!("up to {}", format_duration(BODY_TIMEOUT_MAX)),
+            format!(
+                "A request's body must arrive within this once reading it starts, or the \
+                 request gets `408` and the connection is closed{which}."
+            ),
+        ),
+        key(
+            "connections_max",
+            "integer",
+            value(DEFAULT_CONNECTIONS_MAX.to_string()),
+            format!("1 to {CONNECTIONS_MAX_MAX}"),
+            format!(
+                "Connections open at once; further ones wait in the kernel's accept backlog \
+                 until one closes (gauge `veltrix_http_connections`){which}."
+            ),
+        ),
+    ]
+}
+
 /// Every section of the configuration, in the order of a config file.
 pub fn reference() -> Vec<SectionDoc> {
     let names = format!(
@@ -188,7 +226,10 @@ pub fn reference() -> Vec<SectionDoc> {
                     "When set, every admin route except `/healthz` and the dashboard page needs \
                      `Authorization: Bearer <token>` (compared in constant time).",
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(listener_limit_keys(""))
+            .collect(),
         },
         SectionDoc {
             title: "[sources.NAME]",
@@ -207,7 +248,8 @@ pub fn reference() -> Vec<SectionDoc> {
                      `\"stdin\"`: NDJSON on standard input; `\"nats\"`: CloudEvents from NATS, \
                      a JetStream durable consumer (at-least-once) or a core subscription \
                      (at-most-once). Each type takes the keys marked with its name below (http: \
-                     `address`, `body_bytes_max`, `tokens`).",
+                     `address`, `body_bytes_max`, `tokens`, `header_timeout`, `body_timeout`, \
+                     `connections_max`).",
                 ),
                 key(
                     "address",
@@ -232,6 +274,10 @@ pub fn reference() -> Vec<SectionDoc> {
                     "When non-empty, a request needs `Authorization: Bearer <one of these>` \
                      (http).",
                 ),
+            ]
+            .into_iter()
+            .chain(listener_limit_keys(" (http)"))
+            .chain([
                 key(
                     "rate",
                     "integer (events per second)",
@@ -417,7 +463,8 @@ pub fn reference() -> Vec<SectionDoc> {
                      delivered again. While a full queue holds a batch back, the source tells \
                      NATS it is still in progress every half `ack_wait`.",
                 ),
-            ],
+            ])
+            .collect(),
         },
         SectionDoc {
             title: "[queues.NAME]",

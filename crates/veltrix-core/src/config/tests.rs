@@ -1679,3 +1679,73 @@ fn http_concurrency_takes_adaptive_a_number_or_bounds() {
         "unknown key `min`",
     );
 }
+
+#[test]
+fn listener_limits_are_read_for_sources_and_the_api() {
+    let src = format!(
+        "[api]\nheader_timeout = \"2s\"\nconnections_max = 8\n[sources.http]\ntype = \"http\"\n\
+         header_timeout = \"3s\"\nbody_timeout = \"1m\"\nconnections_max = 100\n{BASE}"
+    );
+    let config = valid(&src).config;
+    assert_eq!(
+        config.api.limits,
+        ListenerLimits {
+            header_timeout: Duration::from_secs(2),
+            connections_max: 8,
+            ..ListenerLimits::default()
+        }
+    );
+    let SourceConfig::Http(http) = &config.sources["http"] else {
+        panic!("an http source");
+    };
+    assert_eq!(
+        http.limits,
+        ListenerLimits {
+            header_timeout: Duration::from_secs(3),
+            body_timeout: Duration::from_secs(60),
+            connections_max: 100,
+        }
+    );
+}
+
+#[test]
+fn listener_limits_out_of_bounds_are_errors_at_the_value() {
+    let source = |line: &str| format!("[sources.http]\ntype = \"http\"\n{line}\n{BASE}");
+    let error = check_error(
+        &source("header_timeout = \"10m\""),
+        3,
+        18,
+        "`header_timeout` must be at most 5m",
+    );
+    assert_eq!(error.hint.as_deref(), Some("use a value up to \"5m\""));
+    check_error(
+        &source("body_timeout = \"2h\""),
+        3,
+        16,
+        "`body_timeout` must be at most 1h",
+    );
+    check_error(
+        &source("body_timeout = \"0s\""),
+        3,
+        16,
+        "`body_timeout` must be more than zero",
+    );
+    check_error(
+        &source("connections_max = 0"),
+        3,
+        19,
+        "`connections_max` must be between 1 and 65536",
+    );
+    check_error(
+        &format!("[api]\nconnections_max = 100000\n{BASE}"),
+        2,
+        19,
+        "`connections_max` must be between 1 and 65536",
+    );
+    check_error(
+        &source("header_timeout = 10"),
+        3,
+        18,
+        "`header_timeout` must be a duration",
+    );
+}
