@@ -13,6 +13,7 @@
 #   VELTRIX_SOAK_KILLS           200   [20]    kill -9 under load           (promises.rs)
 #   VELTRIX_SOAK_OUTAGE_SECS     300   [15]    sink outage                  (promises.rs)
 #   VELTRIX_SOAK_OVERLOAD_SECS   300   [10]    overload                     (promises.rs)
+#   VELTRIX_SOAK_POISON_EVENTS   100000 [5000] events, 1 % poison           (promises.rs)
 #   VELTRIX_SOAK_CRASH_POINTS    20000 [1000]  power-loss crash points      (veltrix-log crash.rs;
 #                                              20 points per seed, so 1,000 seeds)
 #   VELTRIX_SOAK_FAILPOINT_RUNS  1000  [50]    runs per log failpoint       (veltrix-log failpoints.rs)
@@ -30,7 +31,8 @@
 #   recovery    recovery time of a damaged log (real fs)  crates/veltrix-log/tests/damage.rs
 #   engine      the binary aborted between sink confirmation and ack, and bit rot in a stopped
 #               engine's queue     crates/veltrix/tests/failpoints.rs, tests/corruption.rs
-#   promises    kill -9, SIGTERM, sink outage, overload, disk full against the real binary
+#   promises    kill -9, SIGTERM, sink outage, overload, disk full, poison events against the
+#               real binary
 #               crates/veltrix/tests/promises.rs
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +40,7 @@ cd "$(dirname "$0")/.."
 export VELTRIX_SOAK_KILLS=${VELTRIX_SOAK_KILLS:-200}
 export VELTRIX_SOAK_OUTAGE_SECS=${VELTRIX_SOAK_OUTAGE_SECS:-300}
 export VELTRIX_SOAK_OVERLOAD_SECS=${VELTRIX_SOAK_OVERLOAD_SECS:-300}
+export VELTRIX_SOAK_POISON_EVENTS=${VELTRIX_SOAK_POISON_EVENTS:-100000}
 CRASH_POINTS=${VELTRIX_SOAK_CRASH_POINTS:-20000}
 FAILPOINT_RUNS=${VELTRIX_SOAK_FAILPOINT_RUNS:-1000}
 DAMAGE_CASES=${VELTRIX_SOAK_DAMAGE_CASES:-20000}

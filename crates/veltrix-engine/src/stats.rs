@@ -694,6 +694,16 @@ pub(crate) fn describe_metrics() {
         Unit::Count,
         "Messages the destination recognised as duplicates of ones it already stored (NATS JetStream Nats-Msg-Id), by sink."
     );
+    describe_gauge!(
+        "veltrix_http_connections",
+        Unit::Count,
+        "Connections open on an HTTP listener (sources.NAME or api); at most its connections_max."
+    );
+    describe_counter!(
+        "veltrix_http_read_bytes_total",
+        Unit::Bytes,
+        "Bytes read from the clients of an HTTP listener."
+    );
     describe_counter!(
         "veltrix_sink_batch_splits_total",
         Unit::Count,

@@ -3,7 +3,7 @@
 //! 100 MiB body against a 10 MiB limit gets 413 having read about the limit (declared length and
 //! chunked), with memory bounded throughout, and every guarded admin route answers 401 without
 //! the token — before reading a body. Times printed here are figures for
-//! `docs/guarantees-hostile-input.md`, not assertions: the only deadlines are failure guards.
+//! GUARANTEES.md (section 9), not assertions: the only deadlines are failure guards.
 
 use std::time::{Duration, Instant};
 

@@ -173,6 +173,7 @@ async fn kill_9_at_random_moments_under_steady_load_loses_no_acknowledged_event(
     let sink = dir.path().join("out/archive.ndjson");
     let mut accepted: HashMap<String, Instant> = HashMap::new();
     let mut kill_times = Vec::new();
+    let mut sink_len_at_kill = Vec::new();
     // When each byte of the sink file was written: its length sampled every 10 ms.
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {
@@ -202,6 +203,8 @@ async fn kill_9_at_random_moments_under_steady_load_loses_no_acknowledged_event(
         tokio::time::sleep(Duration::from_millis(moments.next_ms(500..2500))).await;
         kill_times.push(Instant::now());
         engine.kill9();
+        // Whatever the file holds now was written before this kill.
+        sink_len_at_kill.push(std::fs::metadata(&sink).map_or(0, |m| m.len()));
         stop.store(true, Ordering::Relaxed);
         let posted = poster.await.unwrap();
         accepted.extend(posted.accepted);
@@ -226,8 +229,18 @@ async fn kill_9_at_random_moments_under_steady_load_loses_no_acknowledged_event(
             continue;
         };
         if counts.get(id).is_some_and(|n| *n > 1) && !first_written.contains_key(id) {
-            let at = samples.iter().find(|(_, len)| *len >= end).map(|(t, _)| *t);
-            first_written.insert(id.to_owned(), at.unwrap_or_else(Instant::now));
+            // The first sample that saw the line, or the first kill it preceded if that is
+            // earlier (a sample can come late on a loaded machine).
+            let sampled = samples.iter().find(|(_, len)| *len >= end).map(|(t, _)| *t);
+            let before_kill = sink_len_at_kill
+                .iter()
+                .position(|len| *len >= end)
+                .map(|k| kill_times[k]);
+            let at = match (sampled, before_kill) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or_else(Instant::now),
+            };
+            first_written.insert(id.to_owned(), at);
         }
     }
     let outside_window: Vec<&String> = duplicated
