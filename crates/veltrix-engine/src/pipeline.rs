@@ -28,16 +28,21 @@
 //! Retries: retryable sink errors are retried up to `attempts_max` attempts in all, waiting a
 //! random time in `[0, min(backoff_max, backoff_initial × 2^n)]` (full jitter; at least the
 //! sink's `Retry-After`, capped at `backoff_max`). Permanent errors and exhausted retries
-//! dead-letter the write's events; so does a processor failing on an event. Poison events: when
-//! the sink refuses a write of several events for good (a permanent error: 4xx, a PostgreSQL
-//! data or constraint error, ...), the write is split in two and each half delivered in order,
-//! recursively, so only the events the sink refuses alone are dead-lettered and the rest are
-//! delivered (`veltrix_sink_batch_splits_total`): at most `2 × events − 1` writes, none of them
-//! retried. Retryable failures are not split: they say nothing about which event is at fault,
-//! and splitting an outage would multiply its waits. Head-of-line delay for one batch is
-//! therefore at most `attempts_max × (backoff_max + sink timeout)` (plus the split writes of a
-//! refused batch); other workers keep delivering meanwhile. Ordering: none across batches when
-//! `workers > 1`.
+//! dead-letter the write's events; so does a processor failing on an event.
+//!
+//! Poison events: when the sink blames the data of a write of several events, the write is
+//! split and the parts delivered in order, recursively, so only the events it blames alone are
+//! dead-lettered and the rest are delivered (`veltrix_sink_batch_splits_total`). Blaming is a
+//! permanent error (4xx, a PostgreSQL data or constraint error, ...: split in halves at once,
+//! not retried) or an HTTP 500 (a receiver failing on what it got: after the backoff wait, the
+//! events are resent in `k` parts instead of whole). Every send counts as an attempt for each
+//! event in it, so a retried event is sent exactly `attempts_max` times in all, whole or split:
+//! `k` is chosen so that `k^(attempts left) ≥ events`, and a poison event stands alone for its
+//! last attempt. Unavailability (timeouts, connection errors, 429, 502–504) is retried whole:
+//! it does not name a culprit, and splitting an outage would multiply its waits. Head-of-line
+//! delay for one batch is at most `attempts_max × (backoff_max + sink timeout)`, plus, for each
+//! blamed part, its sibling parts' writes; other workers keep delivering meanwhile. Ordering:
+//! none across batches when `workers > 1`.
 //!
 //! Aggregates: events an aggregate consumes are acknowledged by the pipeline's emitter task once
 //! their window's derived events are durably in the `into` queue (see `processors/aggregate.rs`
@@ -595,14 +600,26 @@ fn chunks(ends: &[usize], max_events: usize, max_bytes: usize) -> Vec<Lines> {
     out
 }
 
+/// A write still to do: lines `lines` of a part, whose events have already been sent
+/// `attempts` times (in larger writes that were split), the first time at `since`.
+struct Todo {
+    lines: Lines,
+    attempts: u32,
+    since: Option<u64>,
+}
+
 /// How one sink write went.
 enum Written {
     Delivered,
+    /// The sink blamed the data (refused it for good, or answered 500) on a write of several
+    /// events: split it and send the parts, each event having been sent `attempts` times.
+    Split {
+        attempts: u32,
+        permanent: bool,
+        since: u64,
+    },
     /// Failed for good.
     Failed {
-        /// The sink refused the data (a permanent error) rather than being unavailable:
-        /// splitting the write may isolate the culprit.
-        data_suspect: bool,
         reason: &'static str,
         attempts: u32,
         last_error: String,
@@ -643,22 +660,41 @@ async fn flush(
         async move {
             let slot = &shared.sinks[*sink];
             let mut results = Vec::with_capacity(writes.len());
-            // Writes still to do, next last; a write the sink refuses for its data is split in
-            // two halves (in order) until the refused events stand alone.
-            let mut todo: Vec<Lines> = writes.iter().rev().copied().collect();
-            while let Some((first, last)) = todo.pop() {
+            // Writes still to do, next last; a write whose data the sink blames is split into
+            // parts (in order) until the blamed events stand alone (see the module comment).
+            let mut todo: Vec<Todo> = writes
+                .iter()
+                .rev()
+                .map(|&lines| Todo {
+                    lines,
+                    attempts: 0,
+                    since: None,
+                })
+                .collect();
+            while let Some(Todo {
+                lines: (first, last),
+                attempts,
+                since,
+            }) = todo.pop()
+            {
                 let start = if first == 0 { 0 } else { ends[first - 1] };
                 let batch = Batch::new(bytes.slice(start..ends[last - 1]), last - first);
-                let written = deliver(shared, slot, &batch, &mut stop).await;
-                if let Written::Failed {
-                    data_suspect: true, ..
+                let written = deliver(shared, slot, &batch, &mut stop, attempts, since).await;
+                if let Written::Split {
+                    attempts,
+                    permanent,
+                    since,
                 } = written
-                    && last - first > 1
                 {
                     slot.metrics.splits.increment(1);
-                    let middle = first + (last - first) / 2;
-                    todo.push((middle, last));
-                    todo.push((first, middle));
+                    let left = shared.retry.attempts_max.saturating_sub(attempts);
+                    let size = (last - first).div_ceil(split_parts(last - first, permanent, left));
+                    let starts: Vec<usize> = (first..last).step_by(size).collect();
+                    todo.extend(starts.into_iter().rev().map(|s| Todo {
+                        lines: (s, (s + size).min(last)),
+                        attempts,
+                        since: Some(since),
+                    }));
                     continue;
                 }
                 let stopped = matches!(written, Written::Stopped);
@@ -691,7 +727,6 @@ async fn flush(
                     shared.counters.add_sink_delivered(*sink, lines);
                 }
                 Written::Failed {
-                    data_suspect: _,
                     reason,
                     attempts,
                     last_error,
@@ -719,7 +754,7 @@ async fn flush(
                         }
                     }
                 }
-                Written::Stopped => unreachable!("checked above"),
+                Written::Stopped | Written::Split { .. } => unreachable!("handled above"),
             }
         }
     }
@@ -814,17 +849,34 @@ fn backoff_cap(retry: &RetryConfig, n: u32) -> Duration {
         .min(retry.backoff_max)
 }
 
-/// Writes one batch to one sink with retries; see the module comment.
+/// Into how many parts a write of `events` the sink blamed is split: halves when it refused them
+/// for good (no retry budget involved), else `k` parts with `k^left ≥ events`, so that the
+/// blamed events stand alone by the time their `left` remaining attempts run out.
+fn split_parts(events: usize, permanent: bool, left: u32) -> usize {
+    if permanent || left == 0 {
+        return 2.min(events);
+    }
+    let mut k = 2usize;
+    while k < events && k.saturating_pow(left) < events {
+        k += 1;
+    }
+    k.min(events)
+}
+
+/// Writes one batch to one sink with retries; see the module comment. Its events have been
+/// sent `attempts_before` times already (in a write that was split, first at `since`).
 async fn deliver(
     shared: &Shared,
     slot: &SinkSlot,
     batch: &Batch,
     stop: &mut watch::Receiver<bool>,
+    attempts_before: u32,
+    since: Option<u64>,
 ) -> Written {
     let events = batch.len() as u64;
     slot.metrics.batch_events.record(events as f64);
-    let first = record::now_micros();
-    let mut attempt = 0;
+    let first = since.unwrap_or_else(record::now_micros);
+    let mut attempt = attempts_before;
     loop {
         attempt += 1;
         let started = Instant::now();
@@ -854,16 +906,22 @@ async fn deliver(
             .status
             .map_or_else(|| "error".to_owned(), |s| s.to_string());
         metrics::counter!("veltrix_sink_requests_total", "sink" => slot.name.clone(), "outcome" => outcome, "status" => status).increment(1);
-        let data_suspect = error.retry == Retry::Permanent;
         let failed = |reason| Written::Failed {
-            data_suspect,
             reason,
             attempts: attempt,
             last_error: error.message.clone(),
             first,
             last: record::now_micros(),
         };
+        let several = batch.len() > 1;
         let after = match error.retry {
+            Retry::Permanent if several => {
+                return Written::Split {
+                    attempts: attempt,
+                    permanent: true,
+                    since: first,
+                };
+            }
             Retry::Permanent => return failed("permanent sink error"),
             Retry::Retryable { .. } if attempt >= shared.retry.attempts_max => {
                 return failed("retries exhausted");
@@ -884,6 +942,15 @@ async fn deliver(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return Written::Stopped,
+        }
+        // A receiver that answers 500 failed on what it was given (an unavailable one answers
+        // 502–504, 429 or nothing): resend the events in smaller writes rather than all again.
+        if several && error.status == Some(500) {
+            return Written::Split {
+                attempts: attempt,
+                permanent: false,
+                since: first,
+            };
         }
     }
 }

@@ -629,16 +629,23 @@ async fn a_full_disk_answers_503_with_retry_after_and_ingestion_resumes_when_spa
     assert!(engine.stop().success());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn poison_events_the_sink_refuses_are_dead_lettered_alone_and_the_rest_delivered() {
-    let _alone = ALONE.lock().await;
+/// 1 % poison events among `VELTRIX_SOAK_POISON_EVENTS` (default 5,000), which make the
+/// receiver fail every batch holding one the way `mode` says; checks that exactly the poison
+/// events are dead-lettered, with `attempts` equal to how often the sink saw each, and that every
+/// other event is delivered. Returns the figures line.
+async fn poison_run(
+    mode: Mode,
+    reason: &str,
+    status: &str,
+    attempts_max: u32,
+) -> (String, Vec<u32>) {
     let events = soak("POISON_EVENTS", 5_000) as usize;
     let receiver = Receiver::start().await;
-    receiver.set_mode(Mode::RefusePoison);
+    receiver.set_mode(mode);
     let dir = tempfile::tempdir().unwrap();
     let topology = format!(
         "[queues.q]\ntypes = [\"*\"]\n[pipelines.p]\nfrom = [\"q\"]\nworkers = 2\nbatch_events_max = 100\n\
-         retry = {{ attempts_max = 3, backoff_initial = \"5ms\", backoff_max = \"20ms\" }}\n\
+         retry = {{ attempts_max = {attempts_max}, backoff_initial = \"5ms\", backoff_max = \"20ms\" }}\n\
          sink = \"downstream\"\n[sinks.downstream]\ntype = \"http\"\nurl = \"{}\"\n",
         receiver.url
     );
@@ -656,9 +663,8 @@ async fn poison_events_the_sink_refuses_are_dead_lettered_alone_and_the_rest_del
     let started = Instant::now();
     for chunk in ids.chunks(500) {
         let batch: Vec<Value> = chunk.iter().map(|id| event(id)).collect();
-        let (status, body) =
-            post(&engine.ingest, "application/x-ndjson", ndjson(&batch), &[]).await;
-        assert_eq!(status, 202, "{body}");
+        let (code, body) = post(&engine.ingest, "application/x-ndjson", ndjson(&batch), &[]).await;
+        assert_eq!(code, 202, "{body}");
     }
     let healthy: HashSet<&String> = ids.iter().filter(|id| id.starts_with("ok-")).collect();
     let poison: HashSet<String> = ids
@@ -686,17 +692,23 @@ async fn poison_events_the_sink_refuses_are_dead_lettered_alone_and_the_rest_del
         .map(|e| e["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(dead_ids, poison, "only the poison events are dead-lettered");
+    let seen = receiver.attempts();
+    let mut attempts = Vec::new();
     for entry in &dead {
-        // Refused for good: one attempt, not retried.
-        assert_eq!(entry["attempts"], 1, "{entry}");
-        assert_eq!(entry["reason"], "permanent sink error", "{entry}");
+        let id = entry["id"].as_str().unwrap();
+        assert_eq!(
+            entry["attempts"], seen[id],
+            "the entry counts every send: {entry}"
+        );
+        assert_eq!(entry["reason"], reason, "{entry}");
         assert!(
             entry["last_error"]
                 .as_str()
                 .unwrap_or_default()
-                .contains("422"),
+                .contains(status),
             "{entry}"
         );
+        attempts.push(seen[id]);
     }
     let delivered = receiver.delivered_ids();
     assert!(
@@ -709,12 +721,34 @@ async fn poison_events_the_sink_refuses_are_dead_lettered_alone_and_the_rest_del
         &["sink=\"downstream\""],
     )
     .await;
-    println!(
-        "poison: {events} events, {} poison (1 %): all {} healthy delivered, the {} poison \
-         dead-lettered alone after 1 attempt each, {splits} batch splits, {elapsed:?} in all",
+    assert!(engine.stop().success());
+    attempts.sort_unstable();
+    let figures = format!(
+        "{events} events, {} poison (1 %), {status}: all {} healthy delivered, the {} poison \
+         dead-lettered alone, sent {}–{} times each, {splits} splits, {elapsed:?} in all",
         poison.len(),
         healthy.len(),
-        dead.len()
+        dead.len(),
+        attempts[0],
+        attempts[attempts.len() - 1]
     );
-    assert!(engine.stop().success());
+    (figures, attempts)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_events_the_sink_refuses_are_dead_lettered_alone_and_the_rest_delivered() {
+    let _alone = ALONE.lock().await;
+    let (figures, attempts) =
+        poison_run(Mode::RefusePoison, "permanent sink error", "422", 3).await;
+    println!("poison, refused for good: {figures}");
+    // Refusals are not retried: halving 100 events isolates one in at most 8 sends.
+    assert!(attempts.iter().all(|a| (1..=8).contains(a)), "{attempts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_events_the_sink_fails_on_are_dead_lettered_alone_after_exactly_attempts_max() {
+    let _alone = ALONE.lock().await;
+    let (figures, attempts) = poison_run(Mode::CrashOnPoison, "retries exhausted", "500", 4).await;
+    println!("poison, 500 on every batch holding one: {figures}");
+    assert!(attempts.iter().all(|a| *a == 4), "{attempts:?}");
 }

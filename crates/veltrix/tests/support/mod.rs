@@ -314,6 +314,9 @@ pub enum Mode {
     FailPoison = 4,
     /// 422 (refused for good) for any batch holding an event whose id starts with `poison`.
     RefusePoison = 5,
+    /// 500 (the receiver fails on it, retryable) for any batch holding an event whose id
+    /// starts with `poison`.
+    CrashOnPoison = 6,
 }
 
 #[derive(Default)]
@@ -455,6 +458,7 @@ async fn receive(
         3 => StatusCode::BAD_REQUEST,
         4 if ids.iter().any(|id| id.starts_with("poison")) => StatusCode::SERVICE_UNAVAILABLE,
         5 if ids.iter().any(|id| id.starts_with("poison")) => StatusCode::UNPROCESSABLE_ENTITY,
+        6 if ids.iter().any(|id| id.starts_with("poison")) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::OK,
     };
     if status == StatusCode::OK {
