@@ -9,11 +9,8 @@
 #![cfg(feature = "failpoints")]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -23,40 +20,9 @@ use support::*;
 
 const POINT: &str = "veltrix-engine/pipeline/delivered-before-ack";
 
-/// `veltrix run` with `FAILPOINTS` set (the support module's `Engine::start` sets no env).
+/// `veltrix run` with `FAILPOINTS` set.
 fn start_armed(config: &Path, failpoints: &str) -> Engine {
-    let mut child = Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(config)
-        .env("FAILPOINTS", failpoints)
-        .env("VELTRIX_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn veltrix");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (mut ingest, mut api) = (None, None);
-    while ingest.is_none() || api.is_none() {
-        let line = rx
-            .recv_timeout(PATIENCE)
-            .expect("the engine printed its addresses");
-        let url = line.split_whitespace().nth(1).map(str::to_owned);
-        if line.trim_start().starts_with("ingest") {
-            ingest = url;
-        } else if line.trim_start().starts_with("admin") {
-            api = url;
-        }
-    }
-    Engine {
-        child,
-        ingest: ingest.unwrap(),
-        api: api.unwrap(),
-    }
+    Engine::start_with_env(config, &[("FAILPOINTS", failpoints)])
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -58,11 +58,16 @@ impl Engine {
     /// Starts `program run -c config`: a program built on the `veltrix` library (custom
     /// handlers) that has the whole command line.
     pub fn start_program(program: &str, config: &Path) -> Engine {
-        Self::start_bin(program, config, &[], &[], None)
+        Self::start_bin(program, config, &[], &[], None, &[])
+    }
+
+    /// Starts with extra environment variables (e.g. `FAILPOINTS`), logging errors only.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Engine {
+        Self::start_bin(BIN, config, &[], &[], None, env)
     }
 
     fn start_full(config: &Path, args: &[&str], run_args: &[&str], log: Option<&Path>) -> Engine {
-        Self::start_bin(BIN, config, args, run_args, log)
+        Self::start_bin(BIN, config, args, run_args, log, &[])
     }
 
     fn start_bin(
@@ -71,6 +76,7 @@ impl Engine {
         args: &[&str],
         run_args: &[&str],
         log: Option<&Path>,
+        env: &[(&str, &str)],
     ) -> Engine {
         let mut command = Command::new(program);
         command
@@ -78,6 +84,7 @@ impl Engine {
             .args(["run", "-c"])
             .arg(config)
             .args(run_args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped());
         match log {
             Some(path) => {
@@ -85,8 +92,11 @@ impl Engine {
                     .env("VELTRIX_LOG", "info")
                     .stderr(std::fs::File::create(path).expect("log file"));
             }
-            None => {
+            None if env.is_empty() => {
                 command.env("VELTRIX_LOG", "warn").stderr(Stdio::inherit());
+            }
+            None => {
+                command.env("VELTRIX_LOG", "error").stderr(Stdio::inherit());
             }
         }
         let mut child = command.spawn().expect("spawn veltrix");
