@@ -35,7 +35,9 @@
 //! dead-lettered and the rest are delivered (`veltrix_sink_batch_splits_total`). Blaming is a
 //! permanent error (4xx, a PostgreSQL data or constraint error, ...: split in halves at once,
 //! not retried) or an HTTP 500 (a receiver failing on what it got: after the backoff wait, the
-//! events are resent in `k` parts instead of whole). Every send counts as an attempt for each
+//! events are resent in `k` parts instead of whole; a part is split again only while the sink
+//! accepted some write since the batch's first attempt, so a receiver answering 500 to
+//! everything costs one split, not a cascade of waits). Every send counts as an attempt for each
 //! event in it, so a retried event is sent exactly `attempts_max` times in all, whole or split:
 //! `k` is chosen so that `k^(attempts left) ≥ events`, and a poison event stands alone for its
 //! last attempt. Unavailability (timeouts, connection errors, 429, 502–504) is retried whole:
@@ -55,7 +57,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -190,6 +192,9 @@ struct SinkSlot {
     sink: Arc<dyn Sink>,
     counters: Arc<SinkCounters>,
     metrics: SinkMetrics,
+    /// When a write to this sink last succeeded (µs since the epoch; any worker): evidence that
+    /// a 500 blames the data rather than a broken receiver.
+    last_success_micros: AtomicU64,
 }
 
 /// Everything a worker shares with its siblings.
@@ -363,6 +368,7 @@ impl Pipeline {
                 name: t.name,
                 sink: t.sink,
                 counters: t.counters,
+                last_success_micros: AtomicU64::new(0),
             })
             .collect();
         let shared = Arc::new(Shared {
@@ -892,6 +898,8 @@ async fn deliver(
         let error = match result {
             Ok(()) => {
                 slot.metrics.ok.increment(1);
+                slot.last_success_micros
+                    .store(record::now_micros(), Ordering::Relaxed);
                 return Written::Delivered;
             }
             Err(e) => e,
@@ -944,8 +952,11 @@ async fn deliver(
             _ = stop.changed() => return Written::Stopped,
         }
         // A receiver that answers 500 failed on what it was given (an unavailable one answers
-        // 502–504, 429 or nothing): resend the events in smaller writes rather than all again.
-        if several && error.status == Some(500) {
+        // 502–504, 429 or nothing): resend the events in smaller writes rather than all again —
+        // once for a whole write, and again for a part only while the sink keeps accepting other
+        // writes (a receiver answering 500 to everything is broken, not fed poison).
+        let accepting = slot.last_success_micros.load(Ordering::Relaxed) >= first;
+        if several && error.status == Some(500) && (attempts_before == 0 || accepting) {
             return Written::Split {
                 attempts: attempt,
                 permanent: false,
