@@ -20,7 +20,10 @@
 //!   Handlers that never read a body do not keep the connection open for one.
 //!
 //! Every byte read from clients is counted in `veltrix_http_read_bytes_total{listener}` (what
-//! an oversized or abandoned body cost the server).
+//! an oversized or abandoned body cost the server). At close the connection lingers: its write
+//! side is shut (FIN) and what the client still sends is discarded, for at most
+//! [`LINGER_TIME`] and [`LINGER_BYTES_MAX`] (not counted), so an early answer — a 413 before the
+//! body was sent — reaches a client still writing instead of being lost to a TCP reset.
 //!
 //! Shutdown: when `stop` turns true the loop stops accepting and asks every connection to
 //! finish (an idle one closes at once, one with a request in flight closes after answering it),
@@ -86,6 +89,7 @@ pub(crate) async fn serve(
         let io = TokioIo::new(Counted {
             inner: stream,
             read_bytes: read_bytes.clone(),
+            linger: None,
         });
         let connection = http.serve_connection(io, TowerToHyperService::new(router.clone()));
         let mut draining = draining.clone();
@@ -124,10 +128,19 @@ async fn accept_failed(e: io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// A client connection that counts the bytes read from it.
+/// At close, how long and how much of what a client still sends is read and discarded
+/// ("lingering close"): closing a socket with unread input makes the kernel answer RST, which can
+/// destroy the response (a 413 sent before the client finished writing its body) in the client's
+/// buffers. Bounded so a hostile client cannot hold the slot with it.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES_MAX: usize = 1 << 20;
+
+/// A client connection that counts the bytes read from it, and lingers at close.
 struct Counted {
     inner: TcpStream,
     read_bytes: metrics::Counter,
+    /// Set once the write side is shut down: the deadline and the bytes still to discard.
+    linger: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
 impl AsyncRead for Counted {
@@ -172,7 +185,27 @@ impl AsyncWrite for Counted {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.linger.is_none() {
+            // FIN after everything written: the client sees the whole response, then the end.
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.linger = Some((Box::pin(tokio::time::sleep(LINGER_TIME)), LINGER_BYTES_MAX));
+        }
+        let (deadline, left) = this.linger.as_mut().expect("set above");
+        let mut scratch = [0u8; 8192];
+        loop {
+            if *left == 0 || deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch[..(*left).min(8192)]);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                // End of input, or a client that reset: nothing left to protect.
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => *left -= buf.filled().len(),
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -253,6 +286,37 @@ mod tests {
     }
 
     const PATIENCE: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn a_client_still_sending_an_oversized_body_reads_the_early_413() {
+        let (address, _stop) = start(ListenerLimits::default()).await;
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        // Over the 16-byte limit from the first bytes of the body: refused at once.
+        stream
+            .write_all(
+                b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100000000\r\n\r\n\
+                  0123456789abcdef0123456789abcdef",
+            )
+            .await
+            .unwrap();
+        // The answer is there before the body was sent; the client goes on sending it (less
+        // than the linger budget), as clients that do not wait for `100 Continue` do. Without
+        // the lingering close the server's socket is gone: the kernel answers the first bytes
+        // with a reset and the next write fails.
+        stream.readable().await.unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            stream
+                .write_all(&chunk)
+                .await
+                .expect("the server still reads");
+        }
+        let said = read_to_close(&mut stream, PATIENCE)
+            .await
+            .expect("an answer");
+        assert!(said.starts_with("HTTP/1.1 413"), "{said:?}");
+    }
 
     #[tokio::test]
     async fn a_request_head_that_does_not_arrive_in_time_closes_the_connection() {
