@@ -304,21 +304,11 @@ pub(crate) async fn store(live: &Live, events: &[event::Event]) -> Result<Accept
             continue;
         }
         let slices = batch.slices();
-        if let Err(e) = make_room(queue, &slices) {
-            if !matches!(e, veltrix_log::Error::Full(_))
-                || queue.when_full == WhenFull::Backpressure
-            {
-                return Err(append_error(&queue.name, e));
-            }
+        if has_room(queue, &slices)? {
+            tickets.push((queue, slices));
+        } else {
             dropped += batch.len();
-            queue
-                .counters
-                .dropped
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            count_drop(&queue.name, "queue_full", batch.len() as u64, &e);
-            continue;
         }
-        tickets.push((queue, slices));
     }
     // Only once every queue has room does any append start (all or nothing across queues).
     let tickets = tickets
@@ -352,15 +342,7 @@ pub(crate) async fn append_to(queue: &Queue, records: &[&[u8]]) -> Result<Accept
             dropped: 0,
         });
     }
-    if let Err(e) = make_room(queue, records) {
-        if !matches!(e, veltrix_log::Error::Full(_)) || queue.when_full == WhenFull::Backpressure {
-            return Err(append_error(&queue.name, e));
-        }
-        queue
-            .counters
-            .dropped
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
-        count_drop(&queue.name, "queue_full", records.len() as u64, &e);
+    if !has_room(queue, records)? {
         return Ok(Accepted {
             accepted: 0,
             dropped: records.len(),
@@ -490,6 +472,24 @@ pub(crate) struct Accepted {
 }
 
 /// Checks `batch` fits in `queue`; a `drop_oldest` queue drops whole old segments until it does.
+/// Whether `batch` can be appended to `queue` now, applying its `when_full`: `Ok(false)` when a
+/// `drop_newest` (or an emptied `drop_oldest`) queue drops the batch (counted), an error when a
+/// backpressure queue is full or the log refuses.
+fn has_room(queue: &Queue, batch: &[&[u8]]) -> Result<bool, StoreError> {
+    let Err(e) = make_room(queue, batch) else {
+        return Ok(true);
+    };
+    if !matches!(e, veltrix_log::Error::Full(_)) || queue.when_full == WhenFull::Backpressure {
+        return Err(append_error(&queue.name, e));
+    }
+    queue
+        .counters
+        .dropped
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    count_drop(&queue.name, "queue_full", batch.len() as u64, &e);
+    Ok(false)
+}
+
 fn make_room(queue: &Queue, batch: &[&[u8]]) -> Result<(), veltrix_log::Error> {
     loop {
         match queue.log.check_batch(batch) {

@@ -252,7 +252,7 @@ pub fn fed_queues(config: &Config) -> Vec<&str> {
 
 /// Whether no event can ever be routed to queue number `index` (a queue a sink feeds is
 /// reachable that way).
-fn unreachable(config: &Config, index: usize) -> bool {
+pub(crate) fn unreachable(config: &Config, index: usize) -> bool {
     let (name, queue) = config.queues.get_index(index).expect("index of a queue");
     !fed_queues(config).contains(&name.as_str())
         && !queue.types.is_empty()
@@ -500,15 +500,13 @@ fn shadowed_patterns(config: &Config, at: &Locations, out: &mut Vec<Diagnostic>)
 
 fn unreachable_pipelines(config: &Config, at: &Locations, out: &mut Vec<Diagnostic>) {
     for (name, pipeline) in &config.pipelines {
-        // A queue a pipeline writes into (an aggregate's `into`) is reached that way.
-        let outputs = pipeline_outputs(config);
+        // `unreachable` counts a queue a pipeline or a queue sink writes into as reached.
         let all_unreachable = !pipeline.from.is_empty()
             && pipeline.from.iter().all(|q| {
-                !outputs.iter().any(|o| o.queue == q)
-                    && config
-                        .queues
-                        .get_index_of(q)
-                        .is_some_and(|i| unreachable(config, i))
+                config
+                    .queues
+                    .get_index_of(q)
+                    .is_some_and(|i| unreachable(config, i))
             });
         if all_unreachable {
             out.push(

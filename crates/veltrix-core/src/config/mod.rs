@@ -2567,7 +2567,6 @@ impl Decoder<'_> {
     }
 
     fn topology_warnings(&mut self, config: &Config, spans: &Spans) {
-        let fed = lints::fed_queues(config);
         let queues: Vec<(&String, &QueueConfig)> = config.queues.iter().collect();
         if let Some((first_span, _)) = spans.queues.first()
             && !queues
@@ -2582,19 +2581,10 @@ impl Decoder<'_> {
                 Some("add a catch-all queue last: `types = [\"*\"]`".to_owned()),
             );
         }
-        for (i, ((name, queue), (name_span, types_span))) in
+        for (i, ((name, _), (name_span, types_span))) in
             queues.iter().zip(&spans.queues).enumerate()
         {
-            let earlier = &queues[..i];
-            let shadowed = |pattern: &TypePattern| {
-                earlier
-                    .iter()
-                    .any(|(_, q)| q.types.iter().any(|e| lints::covers(e, pattern)))
-            };
-            if !queue.types.is_empty()
-                && queue.types.iter().all(shadowed)
-                && !fed.contains(&name.as_str())
-            {
+            if lints::unreachable(config, i) {
                 self.warning_coded(
                     codes::QUEUE_UNREACHABLE,
                     types_span.clone(),
