@@ -198,46 +198,29 @@ impl Event {
 
     /// Appends this event as compact structured-mode JSON (the form stored in the log).
     pub fn to_json_bytes(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
-        write_json_str(out, &self.id);
-        out.extend_from_slice(b",\"source\":");
-        write_json_str(out, &self.source);
-        out.extend_from_slice(b",\"type\":");
-        write_json_str(out, &self.ty);
-        let optional = [
-            ("time", &self.time),
-            ("subject", &self.subject),
-            ("datacontenttype", &self.datacontenttype),
-            ("dataschema", &self.dataschema),
-        ];
-        for (name, value) in optional {
-            if let Some(value) = value {
-                write_key(out, name);
-                write_json_str(out, value);
-            }
-        }
+        write_head(
+            out,
+            [&self.id, &self.source, &self.ty],
+            [
+                self.time.as_deref(),
+                self.subject.as_deref(),
+                self.datacontenttype.as_deref(),
+                self.dataschema.as_deref(),
+            ],
+        );
         for (name, value) in &self.extensions {
-            write_key(out, name);
-            match value {
-                ExtensionValue::String(s) => write_json_str(out, s),
-                ExtensionValue::Boolean(b) => {
-                    out.extend_from_slice(if *b { b"true" } else { b"false" })
-                }
-                ExtensionValue::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
-            }
+            let value = match value {
+                ExtensionValue::String(s) => ExtensionRef::String(Cow::Borrowed(s)),
+                ExtensionValue::Boolean(b) => ExtensionRef::Boolean(*b),
+                ExtensionValue::Integer(i) => ExtensionRef::Integer(*i),
+            };
+            write_extension(out, name, &value);
         }
-        match &self.data {
-            Some(Data::Json(raw)) => {
-                write_key(out, "data");
-                out.extend_from_slice(raw.get().as_bytes());
-            }
-            Some(Data::Base64(b64)) => {
-                write_key(out, "data_base64");
-                write_json_str(out, b64);
-            }
-            None => {}
-        }
-        out.push(b'}');
+        let data = self.data.as_ref().map(|data| match data {
+            Data::Json(raw) => DataRef::Json(Cow::Borrowed(&**raw)),
+            Data::Base64(b64) => DataRef::Base64(Cow::Borrowed(b64)),
+        });
+        write_tail(out, data.as_ref());
     }
 
     /// Reads back an event written by [`Event::to_json_bytes`] (or any structured-mode JSON
@@ -249,7 +232,9 @@ impl Event {
             .deserialize_any(EventVisitor { ids: &mut ids })
             .and_then(|event| de.end().map(|()| event));
         match parsed {
-            Ok(event) => event.map_err(|message| InvalidEvent { message }),
+            Ok(event) => event
+                .map(EventRef::into_owned)
+                .map_err(|message| InvalidEvent { message }),
             Err(e) => Err(InvalidEvent {
                 message: json_error_message(&e, e.line()),
             }),
@@ -266,7 +251,9 @@ impl Event {
         let mut ids = IdSource::Generate(ulid::Generator::new());
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         match de.deserialize_any(EventVisitor { ids: &mut ids }) {
-            Ok(event) => event.map_err(|message| InvalidEvent { message }),
+            Ok(event) => event
+                .map(EventRef::into_owned)
+                .map_err(|message| InvalidEvent { message }),
             Err(e) => Err(InvalidEvent {
                 message: json_error_message(&e, e.line()),
             }),
@@ -299,20 +286,175 @@ impl Event {
         }
     }
 
+}
+
+/// A validated event whose attributes may borrow from what it was read from (a request body, a
+/// stored record, a VRL value): the pipeline and ingest write it without copying its strings
+/// first. Same invariants as [`Event`]; [`EventRef::into_owned`] makes one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRef<'a> {
+    /// `id`, `source`, `type`.
+    required: [Cow<'a, str>; 3],
+    /// `time`, `subject`, `datacontenttype`, `dataschema`.
+    optional: [Option<Cow<'a, str>>; 4],
+    extensions: Vec<(Cow<'a, str>, ExtensionRef<'a>)>,
+    data: Option<DataRef<'a>>,
+}
+
+/// An extension attribute's value, borrowed where it can be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtensionRef<'a> {
+    String(Cow<'a, str>),
+    Boolean(bool),
+    Integer(i64),
+}
+
+/// An event's payload, borrowed where it can be.
+#[derive(Debug, Clone)]
+pub enum DataRef<'a> {
+    /// Compact, validated JSON text.
+    Json(Cow<'a, RawValue>),
+    /// Valid base64.
+    Base64(Cow<'a, str>),
+}
+
+impl PartialEq for DataRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (DataRef::Json(a), DataRef::Json(b)) => a.get() == b.get(),
+            (DataRef::Base64(a), DataRef::Base64(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl<'a> EventRef<'a> {
     /// Builds an event from `(name, value)` attributes, validating it like an ingested one
     /// (`data` must be a JSON [`AttrValue::Json`]). A missing `id` is generated.
-    pub(crate) fn from_attributes<'a>(
+    pub(crate) fn from_attributes(
         attributes: impl IntoIterator<Item = (&'a str, AttrValue<'a>)>,
-    ) -> Result<Event, InvalidEvent> {
+    ) -> Result<EventRef<'a>, InvalidEvent> {
         let mut ids = IdSource::Generate(ulid::Generator::new());
         let mut builder = Builder::default();
         for (name, value) in attributes {
-            builder.attr(name, value);
+            builder.attr(Cow::Borrowed(name), value);
         }
         builder
             .finish(&mut ids)
             .map_err(|message| InvalidEvent { message })
     }
+
+    /// The `id` attribute.
+    pub fn id(&self) -> &str {
+        &self.required[0]
+    }
+
+    /// The `type` attribute.
+    pub fn ty(&self) -> &str {
+        &self.required[2]
+    }
+
+    /// The length of `data` or `data_base64` as JSON text (0 without data).
+    pub fn data_len(&self) -> usize {
+        match &self.data {
+            Some(DataRef::Json(raw)) => raw.get().len(),
+            Some(DataRef::Base64(b64)) => b64.len(),
+            None => 0,
+        }
+    }
+
+    /// Appends this event as compact structured-mode JSON: the same bytes as
+    /// [`Event::to_json_bytes`] of [`EventRef::into_owned`].
+    pub fn to_json_bytes(&self, out: &mut Vec<u8>) {
+        let [id, source, ty] = &self.required;
+        write_head(
+            out,
+            [id, source, ty],
+            [
+                self.optional[0].as_deref(),
+                self.optional[1].as_deref(),
+                self.optional[2].as_deref(),
+                self.optional[3].as_deref(),
+            ],
+        );
+        for (name, value) in &self.extensions {
+            write_extension(out, name, value);
+        }
+        write_tail(out, self.data.as_ref());
+    }
+
+    /// The owned [`Event`].
+    pub fn into_owned(self) -> Event {
+        let [id, source, ty] = self.required;
+        let [time, subject, datacontenttype, dataschema] = self.optional.map(|o| o.map(Cow::into_owned));
+        Event {
+            id: id.into_owned(),
+            source: source.into_owned(),
+            ty: ty.into_owned(),
+            time,
+            subject,
+            datacontenttype,
+            dataschema,
+            extensions: self
+                .extensions
+                .into_iter()
+                .map(|(name, value)| {
+                    let value = match value {
+                        ExtensionRef::String(s) => ExtensionValue::String(s.into_owned()),
+                        ExtensionRef::Boolean(b) => ExtensionValue::Boolean(b),
+                        ExtensionRef::Integer(i) => ExtensionValue::Integer(i),
+                    };
+                    (name.into_owned(), value)
+                })
+                .collect(),
+            data: self.data.map(|data| match data {
+                DataRef::Json(raw) => Data::Json(raw.into_owned()),
+                DataRef::Base64(b64) => Data::Base64(b64.into_owned()),
+            }),
+        }
+    }
+}
+
+/// Writes `{"specversion":"1.0",` the required and the present optional attributes.
+fn write_head(out: &mut Vec<u8>, [id, source, ty]: [&str; 3], optional: [Option<&str>; 4]) {
+    out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
+    write_json_str(out, id);
+    out.extend_from_slice(b",\"source\":");
+    write_json_str(out, source);
+    out.extend_from_slice(b",\"type\":");
+    write_json_str(out, ty);
+    let names = ["time", "subject", "datacontenttype", "dataschema"];
+    for (name, value) in names.into_iter().zip(optional) {
+        if let Some(value) = value {
+            write_key(out, name);
+            write_json_str(out, value);
+        }
+    }
+}
+
+fn write_extension(out: &mut Vec<u8>, name: &str, value: &ExtensionRef<'_>) {
+    write_key(out, name);
+    match value {
+        ExtensionRef::String(s) => write_json_str(out, s),
+        ExtensionRef::Boolean(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        ExtensionRef::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
+    }
+}
+
+/// Writes `data` or `data_base64` and closes the object.
+fn write_tail(out: &mut Vec<u8>, data: Option<&DataRef<'_>>) {
+    match data {
+        Some(DataRef::Json(raw)) => {
+            write_key(out, "data");
+            out.extend_from_slice(raw.get().as_bytes());
+        }
+        Some(DataRef::Base64(b64)) => {
+            write_key(out, "data_base64");
+            write_json_str(out, b64);
+        }
+        None => {}
+    }
+    out.push(b'}');
 }
 
 fn write_key(out: &mut Vec<u8>, name: &str) {
@@ -373,6 +515,17 @@ pub fn decode_body<H: Headers + ?Sized>(
     headers: &H,
     body: &[u8],
 ) -> Result<Vec<Event>, DecodeError> {
+    decode_body_ref(content_type, headers, body)
+        .map(|events| events.into_iter().map(EventRef::into_owned).collect())
+}
+
+/// [`decode_body`] without copying: each event borrows what it can from `body` (strings
+/// without escapes, compact `data`). What ingest stores from.
+pub fn decode_body_ref<'b, H: Headers + ?Sized>(
+    content_type: &str,
+    headers: &H,
+    body: &'b [u8],
+) -> Result<Vec<EventRef<'b>>, DecodeError> {
     let media_type = content_type
         .split(';')
         .next()
@@ -399,11 +552,11 @@ enum Shape {
     OneOrBatch,
 }
 
-fn decode_structured(
-    body: &[u8],
+fn decode_structured<'b>(
+    body: &'b [u8],
     shape: Shape,
     ids: &mut IdSource,
-) -> Result<Vec<Event>, DecodeError> {
+) -> Result<Vec<EventRef<'b>>, DecodeError> {
     let index = Cell::new(0);
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = de
@@ -437,10 +590,10 @@ const PRESIZE_EVENTS_MAX: usize = 4096;
 /// The smallest valid event, `{"specversion":"1.0","source":"s","type":"t"}`, plus its newline.
 const EVENT_BYTES_MIN: usize = 46;
 
-fn collect_all_or_nothing(
-    results: impl Iterator<Item = (usize, Result<Event, String>)>,
+fn collect_all_or_nothing<'b>(
+    results: impl Iterator<Item = (usize, Result<EventRef<'b>, String>)>,
     expected: usize,
-) -> Result<Vec<Event>, DecodeError> {
+) -> Result<Vec<EventRef<'b>>, DecodeError> {
     let mut events = Vec::with_capacity(expected.min(PRESIZE_EVENTS_MAX));
     let mut errors = Vec::new();
     for (index, result) in results {
@@ -457,7 +610,7 @@ fn collect_all_or_nothing(
     }
 }
 
-fn decode_ndjson(body: &[u8], ids: &mut IdSource) -> Result<Vec<Event>, DecodeError> {
+fn decode_ndjson<'b>(body: &'b [u8], ids: &mut IdSource) -> Result<Vec<EventRef<'b>>, DecodeError> {
     let lines = body
         .split(|&b| b == b'\n')
         .enumerate()
@@ -476,13 +629,13 @@ fn decode_ndjson(body: &[u8], ids: &mut IdSource) -> Result<Vec<Event>, DecodeEr
     collect_all_or_nothing(lines, body.len().div_ceil(EVENT_BYTES_MIN))
 }
 
-fn decode_binary<H: Headers + ?Sized>(
+fn decode_binary<'b, H: Headers + ?Sized>(
     content_type: &str,
     media_type: &str,
     headers: &H,
-    body: &[u8],
+    body: &'b [u8],
     ids: &mut IdSource,
-) -> Result<Event, DecodeError> {
+) -> Result<EventRef<'b>, DecodeError> {
     let invalid = |message: String| DecodeError::Invalid(vec![EventError { index: 0, message }]);
     let mut builder = Builder::default();
     let mut problems = Vec::new();
@@ -501,7 +654,7 @@ fn decode_binary<H: Headers + ?Sized>(
             return;
         }
         match percent_decode(value) {
-            Some(value) => builder.attr(&attr, AttrValue::Str(Cow::Owned(value))),
+            Some(value) => builder.attr(Cow::Owned(attr), AttrValue::Str(Cow::Owned(value))),
             None => problems.push(format!(
                 "header `{name}` is not valid percent-encoded UTF-8"
             )),
@@ -510,14 +663,14 @@ fn decode_binary<H: Headers + ?Sized>(
     let content_type = content_type.trim();
     if !content_type.is_empty() {
         builder.attr(
-            "datacontenttype",
-            AttrValue::Str(Cow::Borrowed(content_type)),
+            Cow::Borrowed("datacontenttype"),
+            AttrValue::Str(Cow::Owned(content_type.to_owned())),
         );
     }
     if is_json_media_type(media_type) {
         if !body.iter().all(u8::is_ascii_whitespace) {
             match serde_json::from_slice::<&RawValue>(body) {
-                Ok(raw) => builder.data_json(raw),
+                Ok(raw) => builder.data_json(Cow::Borrowed(raw)),
                 Err(e) => problems.push(format!(
                     "body is not valid JSON: {}",
                     json_error_message(&e, e.line())
@@ -525,7 +678,7 @@ fn decode_binary<H: Headers + ?Sized>(
             }
         }
     } else if !body.is_empty() {
-        builder.data = Some(Data::Base64(base64_encode(body)));
+        builder.data = Some(DataRef::Base64(Cow::Owned(base64_encode(body))));
     }
     match builder.finish(ids) {
         Ok(event) if problems.is_empty() => Ok(event),
@@ -619,17 +772,17 @@ impl AttrValue<'_> {
 
 /// Accumulates and validates attributes; collects every problem instead of stopping.
 #[derive(Default)]
-struct Builder {
+struct Builder<'a> {
     specversion: bool,
-    id: Option<String>,
-    source: Option<String>,
-    ty: Option<String>,
-    time: Option<String>,
-    subject: Option<String>,
-    datacontenttype: Option<String>,
-    dataschema: Option<String>,
-    extensions: Vec<(String, ExtensionValue)>,
-    data: Option<Data>,
+    id: Option<Cow<'a, str>>,
+    source: Option<Cow<'a, str>>,
+    ty: Option<Cow<'a, str>>,
+    time: Option<Cow<'a, str>>,
+    subject: Option<Cow<'a, str>>,
+    datacontenttype: Option<Cow<'a, str>>,
+    dataschema: Option<Cow<'a, str>>,
+    extensions: Vec<(Cow<'a, str>, ExtensionRef<'a>)>,
+    data: Option<DataRef<'a>>,
     problems: Vec<String>,
     /// `specversion`, `id`, `source`, `type` seen (valid or not): only unseen ones are missing.
     seen_required: [bool; 4],
@@ -637,15 +790,15 @@ struct Builder {
 
 const REQUIRED: [&str; 4] = ["specversion", "id", "source", "type"];
 
-impl Builder {
-    fn attr(&mut self, name: &str, value: AttrValue<'_>) {
+impl<'a> Builder<'a> {
+    fn attr(&mut self, name: Cow<'a, str>, value: AttrValue<'a>) {
         if let Some(i) = REQUIRED.iter().position(|r| *r == name) {
             self.seen_required[i] = true;
         }
-        match name {
+        match &*name {
             "specversion" => {
                 if self.specversion {
-                    self.duplicate(name);
+                    self.duplicate(&name);
                     return;
                 }
                 match value {
@@ -660,17 +813,17 @@ impl Builder {
                 }
             }
             "id" | "source" | "type" => {
-                let slot = match name {
+                let slot = match &*name {
                     "id" => &mut self.id,
                     "source" => &mut self.source,
                     _ => &mut self.ty,
                 };
                 if slot.is_some() {
-                    self.duplicate(name);
+                    self.duplicate(&name);
                     return;
                 }
                 match value {
-                    AttrValue::Str(v) if !v.is_empty() => *slot = Some(v.into_owned()),
+                    AttrValue::Str(v) if !v.is_empty() => *slot = Some(v),
                     AttrValue::Str(_) => self
                         .problems
                         .push(format!("attribute `{name}` must be a non-empty string")),
@@ -682,14 +835,14 @@ impl Builder {
             }
             "time" | "subject" | "datacontenttype" | "dataschema" => {
                 let is_time = name == "time";
-                let slot = match name {
+                let slot = match &*name {
                     "time" => &mut self.time,
                     "subject" => &mut self.subject,
                     "datacontenttype" => &mut self.datacontenttype,
                     _ => &mut self.dataschema,
                 };
                 if slot.is_some() {
-                    self.duplicate(name);
+                    self.duplicate(&name);
                     return;
                 }
                 match value {
@@ -701,7 +854,7 @@ impl Builder {
                         "attribute `time` must be an RFC 3339 timestamp \
                          (e.g. \"2024-05-01T12:00:00Z\"), found {v:?}"
                     )),
-                    AttrValue::Str(v) => *slot = Some(v.into_owned()),
+                    AttrValue::Str(v) => *slot = Some(v),
                     other => self.problems.push(format!(
                         "attribute `{name}` must be a string, found {}",
                         other.describe()
@@ -709,7 +862,7 @@ impl Builder {
                 }
             }
             "data" => match value {
-                AttrValue::Json(raw) => self.data_json(&raw),
+                AttrValue::Json(raw) => self.data_json(raw),
                 AttrValue::Null => {}
                 other => self.problems.push(format!(
                     "attribute `data` must be JSON, found {}",
@@ -723,9 +876,7 @@ impl Builder {
                 }
                 match value {
                     AttrValue::Null => {}
-                    AttrValue::Str(v) if is_base64(&v) => {
-                        self.data = Some(Data::Base64(v.into_owned()))
-                    }
+                    AttrValue::Str(v) if is_base64(&v) => self.data = Some(DataRef::Base64(v)),
                     AttrValue::Str(_) => self
                         .problems
                         .push("attribute `data_base64` is not valid base64".to_owned()),
@@ -739,23 +890,23 @@ impl Builder {
         }
     }
 
-    fn extension(&mut self, name: &str, value: AttrValue<'_>) {
-        if !is_extension_name(name) {
+    fn extension(&mut self, name: Cow<'a, str>, value: AttrValue<'a>) {
+        if !is_extension_name(&name) {
             self.problems.push(format!(
                 "invalid attribute name `{name}`: extension attribute names are lowercase \
                  ASCII letters and digits"
             ));
             return;
         }
-        if self.extensions.iter().any(|(n, _)| n == name) {
-            self.duplicate(name);
+        if self.extensions.iter().any(|(n, _)| *n == name) {
+            self.duplicate(&name);
             return;
         }
         let value = match value {
             AttrValue::Null => return,
-            AttrValue::Str(v) => ExtensionValue::String(v.into_owned()),
-            AttrValue::Bool(b) => ExtensionValue::Boolean(b),
-            AttrValue::Int(i) => ExtensionValue::Integer(i),
+            AttrValue::Str(v) => ExtensionRef::String(v),
+            AttrValue::Bool(b) => ExtensionRef::Boolean(b),
+            AttrValue::Int(i) => ExtensionRef::Integer(i),
             other => {
                 self.problems.push(format!(
                     "extension attribute `{name}` must be a string, boolean or integer, found {}",
@@ -764,10 +915,10 @@ impl Builder {
                 return;
             }
         };
-        self.extensions.push((name.to_owned(), value));
+        self.extensions.push((name, value));
     }
 
-    fn data_json(&mut self, raw: &RawValue) {
+    fn data_json(&mut self, raw: Cow<'a, RawValue>) {
         if self.data.is_some() {
             self.data_conflict();
             return;
@@ -775,13 +926,17 @@ impl Builder {
         if raw.get() == "null" {
             return;
         }
-        let data = match compact_json(raw.get()) {
-            Cow::Borrowed(_) => raw.to_owned(),
-            Cow::Owned(compact) => {
-                RawValue::from_string(compact).expect("compacting valid JSON yields valid JSON")
-            }
+        let compacted = match compact_json(raw.get()) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(compact) => Some(compact),
         };
-        self.data = Some(Data::Json(data));
+        let data = match compacted {
+            None => raw,
+            Some(compact) => Cow::Owned(
+                RawValue::from_string(compact).expect("compacting valid JSON yields valid JSON"),
+            ),
+        };
+        self.data = Some(DataRef::Json(data));
     }
 
     fn duplicate(&mut self, name: &str) {
@@ -795,7 +950,7 @@ impl Builder {
         );
     }
 
-    fn finish(mut self, ids: &mut IdSource) -> Result<Event, String> {
+    fn finish(mut self, ids: &mut IdSource) -> Result<EventRef<'a>, String> {
         for (name, seen) in REQUIRED.into_iter().zip(self.seen_required) {
             if seen {
                 continue;
@@ -803,7 +958,7 @@ impl Builder {
             if name == "id"
                 && let Some(id) = ids.next()
             {
-                self.id = Some(id);
+                self.id = Some(Cow::Owned(id));
                 continue;
             }
             self.problems
@@ -815,14 +970,14 @@ impl Builder {
         let (Some(id), Some(source), Some(ty)) = (self.id, self.source, self.ty) else {
             unreachable!("required attributes are present when there is no problem");
         };
-        Ok(Event {
-            id,
-            source,
-            ty,
-            time: self.time,
-            subject: self.subject,
-            datacontenttype: self.datacontenttype,
-            dataschema: self.dataschema,
+        Ok(EventRef {
+            required: [id, source, ty],
+            optional: [
+                self.time,
+                self.subject,
+                self.datacontenttype,
+                self.dataschema,
+            ],
             extensions: self.extensions,
             data: self.data,
         })
@@ -978,16 +1133,16 @@ struct BodyVisitor<'a> {
     index: &'a Cell<usize>,
 }
 
-type BodyResult = Result<Vec<Result<Event, String>>, String>;
+type BodyResult<'de> = Result<Vec<Result<EventRef<'de>, String>>, String>;
 
 impl<'de> Visitor<'de> for BodyVisitor<'_> {
-    type Value = BodyResult;
+    type Value = BodyResult<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a CloudEvent object or an array of them")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<BodyResult, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<BodyResult<'de>, A::Error> {
         if self.shape == Shape::Batch {
             IgnoredAny.visit_map(map)?;
             return Ok(Err(
@@ -1000,7 +1155,7 @@ impl<'de> Visitor<'de> for BodyVisitor<'_> {
         Ok(Ok(vec![event]))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<BodyResult, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<BodyResult<'de>, A::Error> {
         if self.shape == Shape::One {
             IgnoredAny.visit_seq(seq)?;
             return Ok(Err("expected one CloudEvent object, found an array \
@@ -1017,22 +1172,22 @@ impl<'de> Visitor<'de> for BodyVisitor<'_> {
         Ok(Ok(events))
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<BodyResult, E> {
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<BodyResult<'de>, E> {
         Ok(Err(self.wrong_top_level("a boolean")))
     }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<BodyResult, E> {
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<BodyResult<'de>, E> {
         Ok(Err(self.wrong_top_level("a number")))
     }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<BodyResult, E> {
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<BodyResult<'de>, E> {
         Ok(Err(self.wrong_top_level("a number")))
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<BodyResult, E> {
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<BodyResult<'de>, E> {
         Ok(Err(self.wrong_top_level("a number")))
     }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<BodyResult, E> {
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<BodyResult<'de>, E> {
         Ok(Err(self.wrong_top_level("a string")))
     }
-    fn visit_unit<E: de::Error>(self) -> Result<BodyResult, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<BodyResult<'de>, E> {
         Ok(Err(self.wrong_top_level("null")))
     }
 }
@@ -1053,7 +1208,7 @@ struct EventSeed<'a> {
 }
 
 impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
-    type Value = Result<Event, String>;
+    type Value = Result<EventRef<'de>, String>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(EventVisitor { ids: self.ids })
@@ -1066,7 +1221,7 @@ struct EventVisitor<'a> {
 }
 
 impl<'de> Visitor<'de> for EventVisitor<'_> {
-    type Value = Result<Event, String>;
+    type Value = Result<EventRef<'de>, String>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a CloudEvent object")
@@ -1077,10 +1232,10 @@ impl<'de> Visitor<'de> for EventVisitor<'_> {
         while let Some(Key(key)) = map.next_key()? {
             if key == "data" {
                 let raw: &'de RawValue = map.next_value()?;
-                builder.data_json(raw);
+                builder.data_json(Cow::Borrowed(raw));
             } else {
                 let value: AttrValue<'de> = map.next_value()?;
-                builder.attr(&key, value);
+                builder.attr(key, value);
             }
         }
         Ok(builder.finish(self.ids))

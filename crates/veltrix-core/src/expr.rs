@@ -10,23 +10,31 @@
 //! rest is `any`. A filter condition must return a boolean and must not modify the event.
 //!
 //! Per-event cost: a [`Runtime`] (one per worker) is reused for every run, the event is borrowed
-//! (not moved or cloned) as the program's target, and nothing is allocated by the runtime itself.
-//! Converting between [`Event`] and a VRL [`Value`] ([`event_to_value`], [`value_to_event`]) is
-//! done once per event per pipeline, not per processor.
+//! (not moved or cloned) as the program's target ([`EventTarget`]), and nothing is allocated by
+//! the runtime itself. The pipeline runs programs on a [`StoredEvent`]: the stored record read
+//! lazily, one attribute at a time as programs touch them, and written back copying what no
+//! program changed. Code that has an [`Event`] converts it once ([`event_to_value`],
+//! [`value_to_event`]).
+
+mod stored;
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde_json::value::RawValue;
 use vrl::compiler::state::{ExternalEnv, RuntimeState};
-use vrl::compiler::{CompileConfig, Context, ExpressionError, Program, TargetValueRef, TimeZone};
+use vrl::compiler::{
+    CompileConfig, Context, ExpressionError, Program, SecretTarget, Target, TimeZone,
+};
 use vrl::diagnostic::{Diagnostic as VrlDiagnostic, DiagnosticList, Note, Span};
+use vrl::path::{OwnedSegment, OwnedTargetPath, PathPrefix};
 /// VRL's value: what filters and remaps run on (an event is an object).
 pub use vrl::value::Value;
 use vrl::value::kind::Collection;
 use vrl::value::{Kind, ObjectMap, Secrets};
 
-use crate::event::{AttrValue, Data, Event, ExtensionValue, InvalidEvent};
+pub use self::stored::StoredEvent;
+use crate::event::{AttrValue, Data, Event, EventRef, ExtensionValue, InvalidEvent};
 
 /// A compile problem of a VRL program, in readable form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,7 +151,7 @@ impl Expr<FilterKind> {
     }
 
     /// Whether `event` passes the condition.
-    pub fn run(&self, runtime: &mut Runtime, event: &mut Value) -> Result<bool, RunError> {
+    pub fn run(&self, runtime: &mut Runtime, event: &mut dyn EventTarget) -> Result<bool, RunError> {
         match runtime.resolve(&self.program, event)? {
             Value::Boolean(keep) => Ok(keep),
             // Compile-time checked; a mismatch here is a VRL type-checking bug, not the event's.
@@ -164,7 +172,7 @@ impl Expr<RemapKind> {
 
     /// Runs the program on `event`, modifying it in place. On error `event` may be partly
     /// modified.
-    pub fn run(&self, runtime: &mut Runtime, event: &mut Value) -> Result<(), RunError> {
+    pub fn run(&self, runtime: &mut Runtime, event: &mut dyn EventTarget) -> Result<(), RunError> {
         runtime.resolve(&self.program, event).map(drop)
     }
 }
@@ -178,7 +186,7 @@ impl Expr<ValueKind> {
     }
 
     /// The expression's value on `event` (which it does not modify).
-    pub fn run(&self, runtime: &mut Runtime, event: &mut Value) -> Result<Value, RunError> {
+    pub fn run(&self, runtime: &mut Runtime, event: &mut dyn EventTarget) -> Result<Value, RunError> {
         runtime.resolve(&self.program, event)
     }
 }
@@ -207,22 +215,130 @@ impl Runtime {
         Runtime::default()
     }
 
-    fn resolve(&mut self, program: &Program, event: &mut Value) -> Result<Value, RunError> {
+    fn resolve(
+        &mut self,
+        program: &Program,
+        event: &mut dyn EventTarget,
+    ) -> Result<Value, RunError> {
         // Nothing of one event may leak into the next: variables and metadata start empty.
         self.state.clear();
         if !matches!(&self.metadata, Value::Object(m) if m.is_empty()) {
             self.metadata = Value::Object(ObjectMap::new());
         }
-        let mut target = TargetValueRef {
-            value: event,
+        let mut target = Subject {
+            event: &mut *event,
             metadata: &mut self.metadata,
             secrets: &mut self.secrets,
         };
         let mut ctx = Context::new(&mut target, &mut self.state, &self.timezone);
-        program.resolve(&mut ctx).map_err(|e| match e {
+        let result = program.resolve(&mut ctx).map_err(|e| match e {
             ExpressionError::Abort { message, .. } => RunError::Aborted(message),
             other => RunError::Failed(other.to_string()),
+        });
+        match event.take_error() {
+            Some(error) => Err(RunError::Failed(error)),
+            None => result,
+        }
+    }
+}
+
+/// What a program runs on as `.`: an event as one VRL [`Value`], or a [`StoredEvent`] read
+/// lazily. Paths are VRL's (`.data.items[0]`); the semantics are [`Value`]'s `get`, `insert`
+/// and `remove`.
+pub trait EventTarget: fmt::Debug {
+    /// The value at `path`, if any.
+    fn get(&self, path: &[OwnedSegment]) -> Option<&Value>;
+    /// The top-level attribute `name`, if any (`get` of `.name` without building a path).
+    fn attribute(&self, name: &str) -> Option<&Value>;
+    /// Sets the value at `path`, making the containers on the way.
+    fn insert(&mut self, path: &[OwnedSegment], value: Value);
+    /// Removes the value at `path`; `compact` also removes containers left empty.
+    fn remove(&mut self, path: &[OwnedSegment], compact: bool) -> Option<Value>;
+    /// A problem met while the program ran that VRL cannot report (an attribute VRL cannot
+    /// represent), taken once the program is done: the run fails with it.
+    fn take_error(&mut self) -> Option<String> {
+        None
+    }
+}
+
+impl EventTarget for Value {
+    fn get(&self, path: &[OwnedSegment]) -> Option<&Value> {
+        Value::get(self, path)
+    }
+
+    fn attribute(&self, name: &str) -> Option<&Value> {
+        match self {
+            Value::Object(object) => object.get(name),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, path: &[OwnedSegment], value: Value) {
+        Value::insert(self, path, value);
+    }
+
+    fn remove(&mut self, path: &[OwnedSegment], compact: bool) -> Option<Value> {
+        Value::remove(self, path, compact)
+    }
+}
+
+/// VRL's view of a run: the event, the run's metadata (`%name`) and secrets.
+#[derive(Debug)]
+struct Subject<'t> {
+    event: &'t mut dyn EventTarget,
+    metadata: &'t mut Value,
+    secrets: &'t mut Secrets,
+}
+
+impl Target for Subject<'_> {
+    fn target_insert(&mut self, path: &OwnedTargetPath, value: Value) -> Result<(), String> {
+        match path.prefix {
+            PathPrefix::Event => self.event.insert(&path.path.segments, value),
+            PathPrefix::Metadata => {
+                self.metadata.insert(&path.path, value);
+            }
+        }
+        Ok(())
+    }
+
+    fn target_get(&self, path: &OwnedTargetPath) -> Result<Option<&Value>, String> {
+        Ok(match path.prefix {
+            PathPrefix::Event => self.event.get(&path.path.segments),
+            PathPrefix::Metadata => self.metadata.get(&path.path),
         })
+    }
+
+    fn target_get_mut(&mut self, path: &OwnedTargetPath) -> Result<Option<&mut Value>, String> {
+        // VRL's compiler does not use it; a lazily read event has no value to lend.
+        match path.prefix {
+            PathPrefix::Event => Err("the event cannot be borrowed mutably".to_owned()),
+            PathPrefix::Metadata => Ok(self.metadata.get_mut(&path.path)),
+        }
+    }
+
+    fn target_remove(
+        &mut self,
+        path: &OwnedTargetPath,
+        compact: bool,
+    ) -> Result<Option<Value>, String> {
+        Ok(match path.prefix {
+            PathPrefix::Event => self.event.remove(&path.path.segments, compact),
+            PathPrefix::Metadata => self.metadata.remove(&path.path, compact),
+        })
+    }
+}
+
+impl SecretTarget for Subject<'_> {
+    fn get_secret(&self, key: &str) -> Option<&str> {
+        self.secrets.get_secret(key)
+    }
+
+    fn insert_secret(&mut self, key: &str, value: &str) {
+        self.secrets.insert_secret(key, value);
+    }
+
+    fn remove_secret(&mut self, key: &str) {
+        self.secrets.remove_secret(key);
     }
 }
 
@@ -381,68 +497,48 @@ pub fn event_to_value(event: &Event) -> Result<Value, InvalidEvent> {
     Ok(Value::Object(object))
 }
 
-/// The VRL value of a stored event (the compact JSON [`Event::to_json_bytes`] writes), read
-/// straight from its bytes: for every record the engine stores, the same value as
-/// `event_to_value(&Event::from_stored(bytes)?)`, without building the [`Event`] in between (one
-/// allocation per attribute fewer). `None` when the bytes are not a JSON object with
-/// `specversion` "1.0" and non-empty string `id`, `source` and `type`, or hold JSON VRL cannot
-/// represent: the caller then takes the validating path, which says what is wrong.
-pub fn stored_to_value(bytes: &[u8]) -> Option<Value> {
-    let value: Value = serde_json::from_slice(bytes).ok()?;
-    let Value::Object(object) = &value else {
-        return None;
-    };
-    let is = |name: &str, ok: &dyn Fn(&str) -> bool| {
-        object
-            .get(name)
-            .and_then(Value::to_str_lossy)
-            .is_some_and(|s| ok(&s))
-    };
-    let required = is("specversion", &|s| s == crate::event::SPEC_VERSION)
-        && is("id", &|s| !s.is_empty())
-        && is("source", &|s| !s.is_empty())
-        && is("type", &|s| !s.is_empty());
-    required.then_some(value)
-}
-
 /// The event a VRL value describes, validated like an ingested event (a remap may have broken
 /// it). A missing `id` gets a new ULID; timestamps become RFC 3339 strings.
 pub fn value_to_event(value: &Value) -> Result<Event, InvalidEvent> {
+    value_to_event_ref(value).map(EventRef::into_owned)
+}
+
+/// [`value_to_event`], borrowing the value's strings.
+fn value_to_event_ref(value: &Value) -> Result<EventRef<'_>, InvalidEvent> {
     let Value::Object(object) = value else {
         return Err(InvalidEvent {
             message: format!("an event must be an object, found {}", value.kind_str()),
         });
     };
-    let mut attributes = Vec::with_capacity(object.len());
-    for (name, value) in object {
-        let attr = if name.as_str() == "data" {
-            match value {
-                Value::Null => AttrValue::Null,
-                other => match serde_json::to_string(other).map(RawValue::from_string) {
-                    Ok(Ok(raw)) => AttrValue::Json(Cow::Owned(raw)),
-                    _ => AttrValue::Other("a value that is not JSON"),
-                },
-            }
-        } else {
-            match value {
-                Value::Bytes(_) | Value::String(_) => {
-                    AttrValue::Str(value.to_str_lossy().unwrap_or_default())
-                }
-                Value::Timestamp(ts) => {
-                    AttrValue::Str(Cow::Owned(vrl::value::value::timestamp_to_string(ts)))
-                }
-                Value::Integer(i) => AttrValue::Int(*i),
-                Value::Boolean(b) => AttrValue::Bool(*b),
-                Value::Null => AttrValue::Null,
-                Value::Float(_) => AttrValue::Other("a non-integer number"),
-                Value::Regex(_) => AttrValue::Other("a regex"),
-                Value::Object(_) => AttrValue::Other("an object"),
-                Value::Array(_) => AttrValue::Other("an array"),
-            }
+    EventRef::from_attributes(
+        object
+            .iter()
+            .map(|(name, value)| (name.as_str(), attr_of_value(name, value))),
+    )
+}
+
+/// Attribute `name`'s VRL value as it arrives for validation.
+fn attr_of_value<'v>(name: &str, value: &'v Value) -> AttrValue<'v> {
+    if name == "data" {
+        return match value {
+            Value::Null => AttrValue::Null,
+            other => match serde_json::to_string(other).map(RawValue::from_string) {
+                Ok(Ok(raw)) => AttrValue::Json(Cow::Owned(raw)),
+                _ => AttrValue::Other("a value that is not JSON"),
+            },
         };
-        attributes.push((name.as_str(), attr));
     }
-    Event::from_attributes(attributes)
+    match value {
+        Value::Bytes(_) | Value::String(_) => AttrValue::Str(value.to_str_lossy().unwrap_or_default()),
+        Value::Timestamp(ts) => AttrValue::Str(Cow::Owned(vrl::value::value::timestamp_to_string(ts))),
+        Value::Integer(i) => AttrValue::Int(*i),
+        Value::Boolean(b) => AttrValue::Bool(*b),
+        Value::Null => AttrValue::Null,
+        Value::Float(_) => AttrValue::Other("a non-integer number"),
+        Value::Regex(_) => AttrValue::Other("a regex"),
+        Value::Object(_) => AttrValue::Other("an object"),
+        Value::Array(_) => AttrValue::Other("an array"),
+    }
 }
 
 #[cfg(test)]
@@ -601,22 +697,45 @@ mod tests {
             let original = event(json);
             let mut stored = Vec::new();
             original.to_json_bytes(&mut stored);
-            assert_eq!(
-                stored_to_value(&stored),
-                Some(event_to_value(&original).unwrap()),
-                "{json}"
-            );
+            let lazy = StoredEvent::read(&stored).expect(json);
+            assert_eq!(lazy.to_value(), Ok(event_to_value(&original).unwrap()), "{json}");
+            let mut again = Vec::new();
+            lazy.to_json_bytes(&mut again).unwrap();
+            assert_eq!(again, stored, "an untouched event is written as stored");
         }
         for not_an_event in [
             &br#"[1]"#[..],
             br#"{"specversion":"1.0","id":"","source":"/s","type":"t"}"#,
             br#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#,
             br#"{"specversion":"1.0","id":"1","type":"t"}"#,
-            br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"x":1e400}}"#,
+            br#"{"specversion":"1.0","id":"1","id":"2","source":"/s","type":"t"}"#,
+            br#"{"specversion":"1.0","\u0069d":"1","source":"/s","type":"t"}"#,
             b"{",
         ] {
-            assert_eq!(stored_to_value(not_an_event), None);
+            assert!(StoredEvent::read(not_an_event).is_none());
         }
+    }
+
+    #[test]
+    fn a_stored_attribute_vrl_cannot_represent_fails_only_the_programs_that_touch_it() {
+        let stored =
+            br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"x":1e400}}"#;
+        let mut rt = Runtime::new();
+        let by_type = Filter::compile(r#".type == "t""#).unwrap();
+        let mut lazy = StoredEvent::read(stored).unwrap();
+        assert_eq!(by_type.run(&mut rt, &mut lazy), Ok(true));
+        let mut out = Vec::new();
+        lazy.to_json_bytes(&mut out).unwrap();
+        assert_eq!(out, stored);
+        let by_data = Filter::compile(".data.x == 1").unwrap();
+        let err = by_data.run(&mut rt, &mut lazy).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("attribute `data` cannot be converted for VRL"),
+            "{err}"
+        );
+        let remap = Remap::compile(".data.y = 2").unwrap();
+        assert!(remap.run(&mut rt, &mut lazy).is_err());
     }
 
     #[test]

@@ -295,11 +295,11 @@ fn columns(
         if config.columns.is_empty() {
             continue;
         }
-        let mut value = expr::stored_to_value(line)
-            .map_or_else(|| expr::event_to_value(&event), Ok)
-            .map_err(|e| SinkError::permanent(format!("event `{}`: {e}", event.id())))?;
+        let mut canonical = Vec::new();
+        let mut stored = expr::StoredEvent::read(line)
+            .unwrap_or_else(|| expr::StoredEvent::from_event(&event, &mut canonical));
         for (i, column) in config.columns.iter().enumerate() {
-            let result = column.expr.run(&mut runtime, &mut value).map_err(|e| {
+            let result = column.expr.run(&mut runtime, &mut stored).map_err(|e| {
                 SinkError::permanent(format!(
                     "column `{}` of event `{}`: {e}",
                     column.name,

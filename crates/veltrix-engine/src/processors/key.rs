@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use siphasher::sip128::{Hasher128, SipHasher13};
-use veltrix_core::expr::{Runtime, Value, ValueExpr};
+use veltrix_core::expr::{EventTarget, Runtime, Value, ValueExpr};
 
 /// Fixed SipHash keys ("veltrix-keys-v01" as two little-endian words). Changing them changes
 /// every sampling decision: never do.
@@ -34,7 +34,7 @@ pub(crate) fn hash128(bytes: &[u8]) -> u128 {
 pub(crate) fn key_bytes(
     expr: Option<&ValueExpr>,
     runtime: &mut Runtime,
-    event: &mut Value,
+    event: &mut dyn EventTarget,
     buf: &mut Vec<u8>,
 ) -> Result<Value, String> {
     buf.clear();
@@ -53,15 +53,13 @@ pub(crate) fn key_bytes(
 }
 
 /// `source`, a 0 byte, `id`: the CloudEvents identity of an event (unique per the spec).
-fn identity(event: &Value, buf: &mut Vec<u8>) {
-    if let Value::Object(object) = event {
-        for (i, name) in ["source", "id"].into_iter().enumerate() {
-            if i > 0 {
-                buf.push(0);
-            }
-            if let Some(s) = object.get(name).and_then(Value::to_str_lossy) {
-                buf.extend_from_slice(s.as_bytes());
-            }
+fn identity(event: &dyn EventTarget, buf: &mut Vec<u8>) {
+    for (i, name) in ["source", "id"].into_iter().enumerate() {
+        if i > 0 {
+            buf.push(0);
+        }
+        if let Some(s) = event.attribute(name).and_then(Value::to_str_lossy) {
+            buf.extend_from_slice(s.as_bytes());
         }
     }
 }

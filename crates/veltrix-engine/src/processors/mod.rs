@@ -2,10 +2,11 @@
 //!
 //! Events are stored in the queue as compact structured-mode CloudEvent JSON. With no
 //! processors and no routes the stored bytes are delivered as they are (no decode at all);
-//! otherwise the stored JSON is read once straight into a VRL value (`expr::stored_to_value`),
-//! run through every step, routed (the first route whose condition holds picks the sink, else
-//! the pipeline's `sink`), validated as a CloudEvent and encoded into that sink's part of the
-//! batch ([`Output`]).
+//! otherwise the record is read lazily as a VRL target (`expr::StoredEvent`: an attribute
+//! becomes a VRL value only when a step touches it), run through every step, routed (the first
+//! route whose condition holds picks the sink, else the pipeline's `sink`), validated as a
+//! CloudEvent and encoded into that sink's part of the batch ([`Output`]), copying every
+//! attribute no step changed straight from the record.
 //!
 //! One `Chain` is shared by the pipeline's workers, so the stateful steps (dedupe, throttle,
 //! aggregate) keep one state per pipeline behind a lock held for one decision. Each step's
@@ -34,7 +35,7 @@ use std::time::Duration;
 
 use veltrix_core::config::{PipelineConfig, ProcessorConfig, WhenExceeded};
 use veltrix_core::event::Event;
-use veltrix_core::expr::{self, Filter, Remap, Runtime, Value, ValueExpr};
+use veltrix_core::expr::{EventTarget, Filter, Remap, Runtime, StoredEvent, ValueExpr};
 
 pub(crate) use aggregate::{Closed, HeldAck};
 use aggregate::{Contribution, Emission, KEY_BYTES_MAX, Num, Windows};
@@ -443,31 +444,27 @@ impl Chain {
             part.end_line(input.index);
             return Outcome::Emitted(1);
         }
-        // Straight from the stored JSON to a VRL value; a record that does not read that way
-        // takes the validating path, which names the problem.
-        let value = match expr::stored_to_value(input.body) {
-            Some(v) => v,
-            None => {
-                let converted = Event::from_stored(input.body)
-                    .map_err(|e| format!("stored event is unreadable: {e}"))
-                    .and_then(|event| expr::event_to_value(&event).map_err(|e| e.to_string()));
-                match converted {
-                    Ok(v) => v,
-                    Err(error) => {
-                        return Outcome::DeadLetter {
-                            reason: "processing failed",
-                            error,
-                        };
-                    }
+        // A record that does not read lazily (an escaped or repeated name) is validated; a valid
+        // one is read in its canonical form, an invalid one dead-lettered with what is wrong.
+        let mut canonical = Vec::new();
+        let event = match StoredEvent::read(input.body) {
+            Some(event) => event,
+            None => match Event::from_stored(input.body) {
+                Ok(event) => StoredEvent::from_event(&event, &mut canonical),
+                Err(e) => {
+                    return Outcome::DeadLetter {
+                        reason: "processing failed",
+                        error: format!("stored event is unreadable: {e}"),
+                    };
                 }
-            }
+            },
         };
         scratch.marks.clear();
         scratch.marks.extend(out.parts.iter().map(Part::mark));
         let remembered = scratch.remembered.len();
         scratch.staged.clear();
         let mut run = Run::default();
-        match self.run_from(0, value, input, scratch, out, &mut run) {
+        match self.run_from(0, event, input, scratch, out, &mut run) {
             Err(Failed { reason, error }) => {
                 for (part, mark) in out.parts.iter_mut().zip(&scratch.marks) {
                     part.truncate(*mark);
@@ -489,11 +486,11 @@ impl Chain {
         }
     }
 
-    /// Runs steps `first..` on `value` and appends every resulting event.
+    /// Runs steps `first..` on `event` and appends every resulting event.
     fn run_from(
         &self,
         first: usize,
-        mut value: Value,
+        mut event: StoredEvent<'_>,
         input: &Input<'_>,
         scratch: &mut Scratch,
         out: &mut Output,
@@ -502,14 +499,14 @@ impl Chain {
         for (i, slot) in self.slots.iter().enumerate().skip(first) {
             let what = || format!("processor {} ({})", slot.index, slot.type_name);
             let passed = match &slot.step {
-                Step::Filter(filter) => match filter.run(&mut scratch.runtime, &mut value) {
+                Step::Filter(filter) => match filter.run(&mut scratch.runtime, &mut event) {
                     Ok(keep) => keep,
                     Err(e) => {
                         scratch.counts[i][FAILED] += 1;
                         return Err(failed(format!("{}: {e}", what())));
                     }
                 },
-                Step::Remap(remap) => match remap.run(&mut scratch.runtime, &mut value) {
+                Step::Remap(remap) => match remap.run(&mut scratch.runtime, &mut event) {
                     Ok(()) => true,
                     Err(e) => {
                         scratch.counts[i][FAILED] += 1;
@@ -517,7 +514,7 @@ impl Chain {
                     }
                 },
                 Step::Dedupe { key, seen } => {
-                    let hash = self.hash_key(key.as_ref(), &mut value, scratch, i, &what)?;
+                    let hash = self.hash_key(key.as_ref(), &mut event, scratch, i, &what)?;
                     let now = self.clock.monotonic();
                     let decision = lock(seen).check(hash, now);
                     scratch.counts[i][EVICTED] += decision.evicted;
@@ -534,7 +531,7 @@ impl Chain {
                 } => {
                     // Without a key, one bucket for the whole pipeline.
                     let hash = match key {
-                        Some(_) => self.hash_key(key.as_ref(), &mut value, scratch, i, &what)?,
+                        Some(_) => self.hash_key(key.as_ref(), &mut event, scratch, i, &what)?,
                         None => {
                             scratch.key.clear();
                             0
@@ -558,12 +555,12 @@ impl Chain {
                     decision.allowed
                 }
                 Step::Sample { key, rate } => {
-                    let hash = self.hash_key(key.as_ref(), &mut value, scratch, i, &what)?;
+                    let hash = self.hash_key(key.as_ref(), &mut event, scratch, i, &what)?;
                     sample::keep(hash, *rate)
                 }
                 Step::Aggregate(aggregate) => {
                     let contribution =
-                        self.contribution(aggregate, &mut value, scratch)
+                        self.contribution(aggregate, &mut event, scratch)
                             .map_err(|e| {
                                 scratch.counts[i][FAILED] += 1;
                                 failed(format!("{}: {e}", what()))
@@ -574,7 +571,7 @@ impl Chain {
                     return Ok(());
                 }
                 Step::Custom(name, processor) => {
-                    let event = expr::value_to_event(&value).map_err(|e| {
+                    let owned = event.to_event().map_err(|e| {
                         scratch.counts[i][FAILED] += 1;
                         failed(format!(
                             "{}: the event is not a valid CloudEvent: {e}",
@@ -582,7 +579,7 @@ impl Chain {
                         ))
                     })?;
                     let mut next = Vec::with_capacity(1);
-                    if let Err(e) = processor.process(event, &mut next) {
+                    if let Err(e) = processor.process(owned, &mut next) {
                         scratch.counts[i][FAILED] += 1;
                         return Err(failed(format!("processor {} ({name}): {e}", slot.index)));
                     }
@@ -592,11 +589,10 @@ impl Chain {
                         return Ok(());
                     }
                     scratch.counts[i][PASSED] += next.len() as u64;
-                    for event in next {
-                        let value = expr::event_to_value(&event).map_err(|e| {
-                            failed(format!("processor {} ({name}): {e}", slot.index))
-                        })?;
-                        self.run_from(i + 1, value, input, scratch, out, run)?;
+                    let mut bytes = Vec::new();
+                    for produced in next {
+                        let produced = StoredEvent::from_event(&produced, &mut bytes);
+                        self.run_from(i + 1, produced, input, scratch, out, run)?;
                     }
                     return Ok(());
                 }
@@ -609,21 +605,19 @@ impl Chain {
                 return Ok(());
             }
         }
-        let part = self.route(&mut value, &mut scratch.runtime)?;
-        let event = expr::value_to_event(&value).map_err(|e| {
+        let part = &mut out.parts[self.route(&mut event, &mut scratch.runtime)?];
+        event.to_json_bytes(&mut part.ndjson).map_err(|e| {
             failed(format!(
                 "the remapped event is no longer a valid CloudEvent: {e}"
             ))
         })?;
-        let part = &mut out.parts[part];
-        event.to_json_bytes(&mut part.ndjson);
         part.end_line(input.index);
         run.emitted += 1;
         Ok(())
     }
 
     /// The part (sink) of a processed event: the first route whose condition holds, else 0.
-    fn route(&self, value: &mut Value, runtime: &mut Runtime) -> Result<usize, Failed> {
+    fn route(&self, value: &mut dyn EventTarget, runtime: &mut Runtime) -> Result<usize, Failed> {
         for (j, (condition, part)) in self.routes.iter().enumerate() {
             match condition.run(runtime, value) {
                 Ok(true) => return Ok(*part),
@@ -638,7 +632,7 @@ impl Chain {
     fn hash_key(
         &self,
         key: Option<&ValueExpr>,
-        value: &mut Value,
+        value: &mut dyn EventTarget,
         scratch: &mut Scratch,
         step: usize,
         what: &dyn Fn() -> String,
@@ -656,7 +650,7 @@ impl Chain {
     fn contribution(
         &self,
         aggregate: &AggregateStep,
-        value: &mut Value,
+        value: &mut dyn EventTarget,
         scratch: &mut Scratch,
     ) -> Result<Contribution, String> {
         match &aggregate.key {
