@@ -285,7 +285,6 @@ impl Event {
             _ => None,
         }
     }
-
 }
 
 /// A validated event whose attributes may borrow from what it was read from (a request body, a
@@ -386,7 +385,8 @@ impl<'a> EventRef<'a> {
     /// The owned [`Event`].
     pub fn into_owned(self) -> Event {
         let [id, source, ty] = self.required;
-        let [time, subject, datacontenttype, dataschema] = self.optional.map(|o| o.map(Cow::into_owned));
+        let [time, subject, datacontenttype, dataschema] =
+            self.optional.map(|o| o.map(Cow::into_owned));
         Event {
             id: id.into_owned(),
             source: source.into_owned(),
