@@ -348,6 +348,11 @@ impl<'a> EventRef<'a> {
         &self.required[0]
     }
 
+    /// The `source` attribute.
+    pub fn source(&self) -> &str {
+        &self.required[1]
+    }
+
     /// The `type` attribute.
     pub fn ty(&self) -> &str {
         &self.required[2]
@@ -467,6 +472,12 @@ fn write_key(out: &mut Vec<u8>, name: &str) {
 fn write_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    // Most attribute values need no escape: one pass to check, one copy.
+    if bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape: &[u8] = match b {

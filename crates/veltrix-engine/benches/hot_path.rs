@@ -82,17 +82,21 @@ fn ingest_encode(c: &mut Criterion) {
     g.finish();
 }
 
-/// The stored records of one request, as a queue holds them.
-fn stored_records() -> Vec<Vec<u8>> {
+/// The stored records of one request as a cursor reads them: slices of one shared buffer.
+fn stored_records() -> Vec<bytes::Bytes> {
     let config = config();
     let router = Router::new(&config);
     let body = ndjson_body(EVENTS_PER_REQUEST);
     let per_queue =
         bench_support::encode_request(NDJSON, &body, &router, config.queues.len(), 1).unwrap();
-    per_queue
-        .iter()
-        .flat_map(|q| q.iter().map(<[u8]>::to_vec).collect::<Vec<_>>())
-        .collect()
+    let mut buf = Vec::new();
+    let mut ranges = Vec::new();
+    for r in per_queue.iter().flat_map(|q| q.iter()) {
+        ranges.push(buf.len()..buf.len() + r.len());
+        buf.extend_from_slice(r);
+    }
+    let shared = bytes::Bytes::from(buf);
+    ranges.into_iter().map(|r| shared.slice(r)).collect()
 }
 
 fn vrl(c: &mut Criterion) {
@@ -130,8 +134,8 @@ fn sink(c: &mut Criterion) {
 
 /// Generator (pre-built stored records) → chain → NDJSON buffer → blackhole, as a worker runs a
 /// batch: one output buffer per batch, sized from the payloads.
-fn run_batch(pipeline: &mut Pipeline, records: &[Vec<u8>]) -> usize {
-    let mut out = Vec::with_capacity(records.iter().map(Vec::len).sum());
+fn run_batch(pipeline: &mut Pipeline, records: &[bytes::Bytes]) -> usize {
+    let mut out = Vec::with_capacity(records.iter().map(bytes::Bytes::len).sum());
     let mut emitted = 0;
     for r in records {
         emitted += usize::from(pipeline.apply(r, &mut out).unwrap());

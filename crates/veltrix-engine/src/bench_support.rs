@@ -7,6 +7,8 @@
 //! ([`http_sink_body`]). Nothing here is used by the engine itself.
 
 use std::sync::Arc;
+
+use bytes::Bytes;
 use veltrix_core::config::{PipelineConfig, Router};
 use veltrix_core::event::{self, DecodeError};
 
@@ -14,7 +16,7 @@ pub use crate::ingest::QueueRecords;
 use crate::processors::{Chain, Input, Outcome, Output, Scratch, SystemClock};
 use crate::record;
 
-/// Ingest's pure part for one request body: `decode_body`, routing, and the stored form of every
+/// Ingest's pure part for one request body: `decode_body_ref`, routing, and the stored form of every
 /// event, grouped per queue (`queues` is the number of queues the router knows). No headers
 /// (structured and batch modes need none). The error is the request's problem in one line.
 pub fn encode_request(
@@ -25,7 +27,7 @@ pub fn encode_request(
     accepted_at: u64,
 ) -> Result<Vec<QueueRecords>, String> {
     let no_headers: &[(&str, &str)] = &[];
-    let events = event::decode_body(content_type, no_headers, body).map_err(|e| match e {
+    let events = event::decode_body_ref(content_type, no_headers, body).map_err(|e| match e {
         DecodeError::Invalid(errors) => format!("{} invalid event(s)", errors.len()),
         other => other.to_string(),
     })?;
@@ -66,9 +68,10 @@ impl Pipeline {
     /// Runs the chain on one stored record (prefix + JSON) as a worker does, appending the
     /// delivered NDJSON line to `out` (the first sink's part). `Ok(true)`: emitted;
     /// `Ok(false)`: dropped; `Err`: the event would be dead-lettered, with why.
-    pub fn apply(&mut self, stored: &[u8], out: &mut Vec<u8>) -> Result<bool, String> {
+    pub fn apply(&mut self, stored: &Bytes, out: &mut Vec<u8>) -> Result<bool, String> {
         let (_, body) = record::split(stored);
         let input = Input {
+            owner: Some(stored),
             body,
             index: 0,
             ack: None,

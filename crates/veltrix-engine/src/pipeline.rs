@@ -539,6 +539,7 @@ fn process(
         let index = u32::try_from(pending.records.len()).expect("a pending batch is bounded");
         let (_, body) = record::split(&r.payload);
         let chain_input = ChainInput {
+            owner: Some(&r.payload),
             body,
             index,
             ack: Some(HeldAck {

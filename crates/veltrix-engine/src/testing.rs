@@ -255,6 +255,7 @@ fn process(
     let (_, body) = record::split(&stored);
     let mut output = Output::new(chain.sinks());
     let input = Input {
+        owner: None,
         body,
         index: 0,
         ack: None,

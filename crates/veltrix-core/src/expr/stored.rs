@@ -20,6 +20,7 @@
 use std::borrow::Cow;
 use std::cell::OnceCell;
 
+use bytes::Bytes;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use vrl::path::OwnedSegment;
@@ -33,6 +34,15 @@ use crate::event::{AttrValue, Event, EventRef, InvalidEvent, SPEC_VERSION};
 pub struct StoredEvent<'a> {
     record: &'a [u8],
     root: Lazy<'a>,
+    cx: Cx<'a>,
+}
+
+/// What every object of one event shares.
+#[derive(Debug)]
+struct Cx<'a> {
+    /// The shared buffer the record is a slice of, if any: strings without escapes become
+    /// slices of it (no copy) instead of new buffers.
+    owner: Option<&'a Bytes>,
     /// The first member that could not be read as a VRL value (a number beyond `f64`).
     error: OnceCell<String>,
 }
@@ -74,6 +84,16 @@ impl<'a> StoredEvent<'a> {
     /// and unescaped, with `specversion` "1.0" and non-empty string `id`, `source` and `type`
     /// (the caller then takes the validating path, which says what is wrong).
     pub fn read(record: &'a [u8]) -> Option<StoredEvent<'a>> {
+        StoredEvent::read_in(record, None)
+    }
+
+    /// [`StoredEvent::read`] of a record that is a slice of `owner` (a batch read from the
+    /// log): strings a program reads are slices of `owner`, not copies.
+    pub fn read_shared(owner: &'a Bytes, record: &'a [u8]) -> Option<StoredEvent<'a>> {
+        StoredEvent::read_in(record, Some(owner))
+    }
+
+    fn read_in(record: &'a [u8], owner: Option<&'a Bytes>) -> Option<StoredEvent<'a>> {
         let root = Lazy::read(record)?;
         let unquoted = |s: &'a str| s.strip_prefix('"')?.strip_suffix('"');
         let raw = |name: &str| root.position(name).map(|i| root.members[i].raw.get());
@@ -84,7 +104,10 @@ impl<'a> StoredEvent<'a> {
         valid.then(|| StoredEvent {
             record,
             root,
-            error: OnceCell::new(),
+            cx: Cx {
+                owner,
+                error: OnceCell::new(),
+            },
         })
     }
 
@@ -103,13 +126,14 @@ impl<'a> StoredEvent<'a> {
             Some(whole) => Ok(whole.clone()),
             None => self
                 .root
-                .build_whole(&self.error)
+                .build_whole(&self.cx)
                 .ok_or_else(|| self.problem()),
         }
     }
 
     fn problem(&self) -> String {
-        self.error
+        self.cx
+            .error
             .get()
             .cloned()
             .unwrap_or_else(|| "the event cannot be read".to_owned())
@@ -155,7 +179,7 @@ impl<'a> StoredEvent<'a> {
             .filter(|(_, member)| member.state != State::Removed)
             .map(|(i, member)| {
                 let attr = match member.state {
-                    State::Changed => match root.member_value(i, &self.error) {
+                    State::Changed => match root.member_value(i, &self.cx) {
                         Some(value) => attr_of_value(member.name, value),
                         None => {
                             problem = Some(self.problem());
@@ -180,23 +204,23 @@ impl<'a> StoredEvent<'a> {
 
 impl EventTarget for StoredEvent<'_> {
     fn get(&self, path: &[OwnedSegment]) -> Option<&Value> {
-        self.root.get(path, &self.error)
+        self.root.get(path, &self.cx)
     }
 
     fn attribute(&self, name: &str) -> Option<&Value> {
-        self.root.attribute(name, &self.error)
+        self.root.attribute(name, &self.cx)
     }
 
     fn insert(&mut self, path: &[OwnedSegment], value: Value) {
-        self.root.insert(path, value, &self.error);
+        self.root.insert(path, value, &self.cx);
     }
 
     fn remove(&mut self, path: &[OwnedSegment], compact: bool) -> Option<Value> {
-        self.root.remove(path, compact, &self.error)
+        self.root.remove(path, compact, &self.cx)
     }
 
     fn take_error(&mut self) -> Option<String> {
-        self.error.take()
+        self.cx.error.take()
     }
 }
 
@@ -224,37 +248,45 @@ impl<'a> Lazy<'a> {
 
     /// The object as one VRL value, made once (`None`: a member VRL cannot represent, recorded
     /// in `error`).
-    fn whole(&self, error: &OnceCell<String>) -> Option<&Value> {
+    fn whole(&self, cx: &Cx<'a>) -> Option<&Value> {
         if let Some(whole) = self.whole.get() {
             return Some(whole);
         }
-        let whole = self.build_whole(error)?;
+        let whole = self.build_whole(cx)?;
         Some(self.whole.get_or_init(|| whole))
     }
 
-    fn build_whole(&self, error: &OnceCell<String>) -> Option<Value> {
+    fn build_whole(&self, cx: &Cx<'a>) -> Option<Value> {
         let mut object = self.added.clone();
         for (i, member) in self.members.iter().enumerate() {
             if member.state != State::Removed {
-                object.insert(member.name.into(), self.member_value(i, error)?.clone());
+                object.insert(member.name.into(), self.member_value(i, cx)?.clone());
             }
         }
         Some(Value::Object(object))
     }
 
     /// Member `i` as one VRL value, read from the record the first time.
-    fn member_value(&self, i: usize, error: &OnceCell<String>) -> Option<&Value> {
+    fn member_value(&self, i: usize, cx: &Cx<'a>) -> Option<&Value> {
         let member = &self.members[i];
         if let Some(value) = member.value.get() {
             return Some(value);
         }
         if let Some(nested) = member.nested.get() {
-            return nested.whole(error);
+            return nested.whole(cx);
         }
-        match serde_json::from_str::<Value>(member.raw.get()) {
+        let raw = member.raw.get();
+        let shared = cx.owner.and_then(|owner| {
+            let text = raw.strip_prefix('"')?.strip_suffix('"')?;
+            (!text.contains('\\')).then(|| Value::Bytes(owner.slice_ref(text.as_bytes())))
+        });
+        if let Some(value) = shared {
+            return Some(member.value.get_or_init(|| value));
+        }
+        match serde_json::from_str::<Value>(raw) {
             Ok(value) => Some(member.value.get_or_init(|| value)),
             Err(e) => {
-                let _ = error.set(format!(
+                let _ = cx.error.set(format!(
                     "`{}` cannot be converted for VRL: {e}",
                     member.name
                 ));
@@ -279,45 +311,40 @@ impl<'a> Lazy<'a> {
         Some(member.nested.get_or_init(|| Box::new(nested)))
     }
 
-    fn attribute(&self, name: &str, error: &OnceCell<String>) -> Option<&Value> {
+    fn attribute(&self, name: &str, cx: &Cx<'a>) -> Option<&Value> {
         if let Some(whole) = self.whole.get() {
             return whole.attribute(name);
         }
         match self.position(name) {
-            Some(i) => self.member_value(i, error),
+            Some(i) => self.member_value(i, cx),
             None => self.added.get(name),
         }
     }
 
-    fn get(&self, path: &[OwnedSegment], error: &OnceCell<String>) -> Option<&Value> {
+    fn get(&self, path: &[OwnedSegment], cx: &Cx<'a>) -> Option<&Value> {
         if self.whole.get().is_none()
             && let Some(OwnedSegment::Field(name)) = path.first()
         {
             let rest = &path[1..];
             return match self.position(name) {
                 Some(i) if !rest.is_empty() => match self.member_nested(i) {
-                    Some(nested) => nested.get(rest, error),
-                    None => self.member_value(i, error)?.get(rest),
+                    Some(nested) => nested.get(rest, cx),
+                    None => self.member_value(i, cx)?.get(rest),
                 },
-                Some(i) => self.member_value(i, error),
+                Some(i) => self.member_value(i, cx),
                 None => self.added.get(name.as_str())?.get(rest),
             };
         }
         // The object itself, or an index into it (which an object does not have).
-        self.whole(error)?.get(path)
+        self.whole(cx)?.get(path)
     }
 
     /// Member `i`, readied to be written: its nested object if it has one (or is a stored
     /// object and `nested` is wanted), else its value.
-    fn member_mut(
-        &mut self,
-        i: usize,
-        nested: bool,
-        error: &OnceCell<String>,
-    ) -> Option<Target<'_, 'a>> {
+    fn member_mut(&mut self, i: usize, nested: bool, cx: &Cx<'a>) -> Option<Target<'_, 'a>> {
         let use_nested = nested && self.member_nested(i).is_some();
         if !use_nested {
-            self.member_value(i, error)?;
+            self.member_value(i, cx)?;
         }
         self.changed = true;
         let member = &mut self.members[i];
@@ -329,13 +356,13 @@ impl<'a> Lazy<'a> {
         }
     }
 
-    fn whole_mut(&mut self, error: &OnceCell<String>) -> Option<&mut Value> {
-        self.whole(error)?;
+    fn whole_mut(&mut self, cx: &Cx<'a>) -> Option<&mut Value> {
+        self.whole(cx)?;
         self.changed = true;
         self.whole.get_mut()
     }
 
-    fn insert(&mut self, path: &[OwnedSegment], value: Value, error: &OnceCell<String>) {
+    fn insert(&mut self, path: &[OwnedSegment], value: Value, cx: &Cx<'a>) {
         if self.whole.get().is_none()
             && let Some(OwnedSegment::Field(name)) = path.first()
         {
@@ -348,8 +375,8 @@ impl<'a> Lazy<'a> {
                     member.nested = OnceCell::new();
                     member.value = OnceCell::from(value);
                 }
-                Some(i) => match self.member_mut(i, true, error) {
-                    Some(Target::Nested(nested)) => nested.insert(rest, value, error),
+                Some(i) => match self.member_mut(i, true, cx) {
+                    Some(Target::Nested(nested)) => nested.insert(rest, value, cx),
                     Some(Target::Value(member)) => {
                         member.insert(rest, value);
                     }
@@ -366,17 +393,12 @@ impl<'a> Lazy<'a> {
             }
             return;
         }
-        if let Some(whole) = self.whole_mut(error) {
+        if let Some(whole) = self.whole_mut(cx) {
             whole.insert(path, value);
         }
     }
 
-    fn remove(
-        &mut self,
-        path: &[OwnedSegment],
-        compact: bool,
-        error: &OnceCell<String>,
-    ) -> Option<Value> {
+    fn remove(&mut self, path: &[OwnedSegment], compact: bool, cx: &Cx<'a>) -> Option<Value> {
         if self.whole.get().is_none()
             && let Some(OwnedSegment::Field(name)) = path.first()
         {
@@ -393,14 +415,14 @@ impl<'a> Lazy<'a> {
                 return removed;
             };
             if rest.is_empty() {
-                let removed = self.member_value(i, error)?.clone();
+                let removed = self.member_value(i, cx)?.clone();
                 self.changed = true;
                 self.members[i].state = State::Removed;
                 return Some(removed);
             }
-            let (removed, emptied) = match self.member_mut(i, true, error)? {
+            let (removed, emptied) = match self.member_mut(i, true, cx)? {
                 Target::Nested(nested) => {
-                    let removed = nested.remove(rest, compact, error)?;
+                    let removed = nested.remove(rest, compact, cx)?;
                     (removed, nested.is_empty())
                 }
                 Target::Value(member) => {
@@ -418,7 +440,7 @@ impl<'a> Lazy<'a> {
             }
             return Some(removed);
         }
-        self.whole_mut(error)?.remove(path, compact)
+        self.whole_mut(cx)?.remove(path, compact)
     }
 
     fn is_empty(&self) -> bool {
@@ -471,7 +493,7 @@ impl<'a> Lazy<'a> {
         }
         for (name, value) in &self.added {
             separate(out);
-            write_value(out, &Value::from(name.as_str()));
+            serde_json::to_writer(&mut *out, name.as_str()).expect("a string serializes to JSON");
             out.push(b':');
             write_value(out, value);
         }
@@ -646,7 +668,9 @@ mod tests {
         ) {
             let event = Event::from_stored(record.as_bytes()).unwrap();
             let mut model = event_to_value(&event).unwrap();
-            let mut lazy = StoredEvent::read(record.as_bytes()).unwrap();
+            // As the pipeline reads it: a slice of a shared batch buffer.
+            let owner = Bytes::from(format!("prefix{record}"));
+            let mut lazy = StoredEvent::read_shared(&owner, &owner[6..]).unwrap();
             for op in &ops {
                 match op {
                     Op::Get(path) => prop_assert_eq!(lazy.get(path), EventTarget::get(&model, path)),

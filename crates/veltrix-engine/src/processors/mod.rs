@@ -63,6 +63,9 @@ pub(crate) enum Outcome {
 
 /// A record as the chain sees it.
 pub(crate) struct Input<'a> {
+    /// The record `body` is a slice of, when it is shared (read from the log): strings the steps
+    /// read are slices of it, not copies.
+    pub(crate) owner: Option<&'a bytes::Bytes>,
     /// The stored CloudEvent JSON (without the record prefix).
     pub(crate) body: &'a [u8],
     /// The record's index in the worker's pending batch (owner of the lines it produces).
@@ -447,7 +450,11 @@ impl Chain {
         // A record that does not read lazily (an escaped or repeated name) is validated; a valid
         // one is read in its canonical form, an invalid one dead-lettered with what is wrong.
         let mut canonical = Vec::new();
-        let event = match StoredEvent::read(input.body) {
+        let read = match input.owner {
+            Some(owner) => StoredEvent::read_shared(owner, input.body),
+            None => StoredEvent::read(input.body),
+        };
+        let event = match read {
             Some(event) => event,
             None => match Event::from_stored(input.body) {
                 Ok(event) => StoredEvent::from_event(&event, &mut canonical),
@@ -770,6 +777,7 @@ mod tests {
         json: &str,
     ) -> Outcome {
         let input = Input {
+            owner: None,
             body: json.as_bytes(),
             index,
             ack: Some(HeldAck {
