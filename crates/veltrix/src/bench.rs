@@ -620,6 +620,8 @@ async fn run(args: &BenchArgs) -> u8 {
             let mut first = admin.process().await;
             let mut last = first;
             let mut rss_max = first.map_or(0, |p| p.2);
+            // Peak RSS per minute of the window: flat memory shows as a flat series.
+            let mut rss_by_minute: Vec<u64> = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.tick().await;
             let mut previous = (
@@ -633,6 +635,11 @@ async fn run(args: &BenchArgs) -> u8 {
                     first.get_or_insert(p);
                     rss_max = rss_max.max(p.2);
                     last = Some(p);
+                    let minute = (measure_start.elapsed().as_secs() / 60) as usize;
+                    if rss_by_minute.len() <= minute {
+                        rss_by_minute.resize(minute + 1, 0);
+                    }
+                    rss_by_minute[minute] = rss_by_minute[minute].max(p.2);
                 }
                 let now = (
                     live.requests.load(Ordering::Relaxed),
@@ -654,7 +661,7 @@ async fn run(args: &BenchArgs) -> u8 {
                     break;
                 }
             }
-            (e2e_before, first, last, rss_max)
+            (e2e_before, first, last, rss_max, rss_by_minute)
         }
     };
     let sampler = tokio::spawn(sampler);
@@ -675,7 +682,9 @@ async fn run(args: &BenchArgs) -> u8 {
             last_done = last_done.max(t);
         }
     }
-    let (e2e_before, first, mut last, mut rss_max) = sampler.await.unwrap_or((None, None, None, 0));
+    let (e2e_before, first, mut last, mut rss_max, rss_by_minute) = sampler
+        .await
+        .unwrap_or((None, None, None, 0, Vec::new()));
     if tty {
         eprint!("\r\x1b[2K");
     }
@@ -738,6 +747,7 @@ async fn run(args: &BenchArgs) -> u8 {
         "engine": {
             "cpu_cores": cores,
             "rss_max_bytes": if rss_max > 0 { json!(rss_max) } else { Value::Null },
+            "rss_max_bytes_by_minute": rss_by_minute,
         },
     });
     if args.json {
@@ -852,6 +862,16 @@ fn human(d: &Value) -> String {
             engine["rss_max_bytes"].as_u64().map_or("—".into(), mib),
         ),
     );
+    if let Some(minutes) = engine["rss_max_bytes_by_minute"]
+        .as_array()
+        .filter(|m| m.len() > 1)
+    {
+        let peaks: Vec<String> = minutes
+            .iter()
+            .map(|b| mib(b.as_u64().unwrap_or(0)))
+            .collect();
+        row("peak RSS per minute", peaks.join(", "));
+    }
     out
 }
 

@@ -65,6 +65,10 @@ type = "blackhole"
         "{doc}"
     );
     assert!(doc["engine"]["cpu_cores"].as_f64().is_some(), "{doc}");
+    // A run shorter than a minute has one minute of peaks, at most the run's peak.
+    let minutes = doc["engine"]["rss_max_bytes_by_minute"].as_array().unwrap();
+    assert_eq!(minutes.len(), 1, "{doc}");
+    assert!(minutes[0].as_u64().unwrap() <= doc["engine"]["rss_max_bytes"].as_u64().unwrap());
 }
 
 #[tokio::test]
