@@ -622,22 +622,45 @@ fn collect_all_or_nothing<'b>(
 }
 
 fn decode_ndjson<'b>(body: &'b [u8], ids: &mut IdSource) -> Result<Vec<EventRef<'b>>, DecodeError> {
+    let expected = body.len().div_ceil(EVENT_BYTES_MIN);
+    let blank = |line: &[u8]| line.iter().all(u8::is_ascii_whitespace);
+    // One UTF-8 check of the whole body instead of one per string; a body that is not UTF-8
+    // is read line by line so the error names the line.
+    if let Ok(text) = std::str::from_utf8(body) {
+        let lines = text
+            .split('\n')
+            .enumerate()
+            .filter(|(_, line)| !blank(line.as_bytes()))
+            .map(|(index, line)| {
+                let de = serde_json::Deserializer::from_str(line);
+                (index, parse_event(de, ids, index))
+            });
+        return collect_all_or_nothing(lines, expected);
+    }
     let lines = body
         .split(|&b| b == b'\n')
         .enumerate()
-        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .filter(|(_, line)| !blank(line))
         .map(|(index, line)| {
-            let mut de = serde_json::Deserializer::from_slice(line);
-            let parsed = de
-                .deserialize_any(EventVisitor { ids: &mut *ids })
-                .and_then(|event| de.end().map(|()| event));
-            let result = match parsed {
-                Ok(event) => event,
-                Err(e) => Err(json_error_message(&e, index + 1)),
-            };
-            (index, result)
+            let de = serde_json::Deserializer::from_slice(line);
+            (index, parse_event(de, ids, index))
         });
-    collect_all_or_nothing(lines, body.len().div_ceil(EVENT_BYTES_MIN))
+    collect_all_or_nothing(lines, expected)
+}
+
+/// One NDJSON line (0-based `index`) as an event, or what is wrong with it.
+fn parse_event<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    ids: &mut IdSource,
+    index: usize,
+) -> Result<EventRef<'de>, String> {
+    let parsed = de
+        .deserialize_any(EventVisitor { ids })
+        .and_then(|event| de.end().map(|()| event));
+    match parsed {
+        Ok(event) => event,
+        Err(e) => Err(json_error_message(&e, index + 1)),
+    }
 }
 
 fn decode_binary<'b, H: Headers + ?Sized>(
@@ -1007,6 +1030,13 @@ fn is_extension_name(name: &str) -> bool {
 /// Removes insignificant whitespace from valid JSON text; borrows when there is none.
 fn compact_json(json: &str) -> Cow<'_, str> {
     let bytes = json.as_bytes();
+    // Most JSON arrives compact: no whitespace byte at all, in strings or out (one quick pass).
+    if !bytes
+        .iter()
+        .any(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        return Cow::Borrowed(json);
+    }
     let mut in_string = false;
     let mut escaped = false;
     let mut out: Option<Vec<u8>> = None;
@@ -1510,6 +1540,32 @@ mod tests {
         assert_eq!(
             errors[1].message,
             "expected a CloudEvent JSON object, found an array"
+        );
+    }
+
+    #[test]
+    fn ndjson_that_is_not_utf8_names_the_line_and_decodes_nothing() {
+        let mut body = format!("{ONE}\n").into_bytes();
+        body.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":\"x\xff\",\"source\":\"/s\",\"type\":\"t\"}\n");
+        let errors = invalid(decode_body("application/x-ndjson", NO_HEADERS, &body));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].index, 1);
+        assert!(
+            errors[0].message.starts_with("invalid JSON at line 2"),
+            "{}",
+            errors[0].message
+        );
+    }
+
+    #[test]
+    fn data_with_whitespace_is_compacted_outside_strings_only() {
+        let body = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{ "a" : "x y",
+            "b": [1, 2] }}"#
+            .replace('\n', " ");
+        let events = decode("application/cloudevents+json", &body).unwrap();
+        assert_eq!(
+            stored(&events[0]),
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"a":"x y","b":[1,2]}}"#
         );
     }
 
