@@ -1546,7 +1546,9 @@ mod tests {
     #[test]
     fn ndjson_that_is_not_utf8_names_the_line_and_decodes_nothing() {
         let mut body = format!("{ONE}\n").into_bytes();
-        body.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":\"x\xff\",\"source\":\"/s\",\"type\":\"t\"}\n");
+        body.extend_from_slice(
+            b"{\"specversion\":\"1.0\",\"id\":\"x\xff\",\"source\":\"/s\",\"type\":\"t\"}\n",
+        );
         let errors = invalid(decode_body("application/x-ndjson", NO_HEADERS, &body));
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].index, 1);

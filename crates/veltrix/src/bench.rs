@@ -682,9 +682,8 @@ async fn run(args: &BenchArgs) -> u8 {
             last_done = last_done.max(t);
         }
     }
-    let (e2e_before, first, mut last, mut rss_max, rss_by_minute) = sampler
-        .await
-        .unwrap_or((None, None, None, 0, Vec::new()));
+    let (e2e_before, first, mut last, mut rss_max, rss_by_minute) =
+        sampler.await.unwrap_or((None, None, None, 0, Vec::new()));
     if tty {
         eprint!("\r\x1b[2K");
     }

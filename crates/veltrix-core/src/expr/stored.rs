@@ -21,7 +21,6 @@ use std::borrow::Cow;
 use std::cell::OnceCell;
 
 use bytes::Bytes;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use vrl::path::OwnedSegment;
 use vrl::value::{ObjectMap, Value};
@@ -61,7 +60,8 @@ struct Lazy<'a> {
 #[derive(Debug)]
 struct Member<'a> {
     name: &'a str,
-    raw: &'a RawValue,
+    /// The member's JSON text in the record.
+    raw: &'a str,
     /// The member as a VRL value, once a program read or wrote it as a whole.
     value: OnceCell<Value>,
     /// The member object, once a program reached into it.
@@ -96,7 +96,7 @@ impl<'a> StoredEvent<'a> {
     fn read_in(record: &'a [u8], owner: Option<&'a Bytes>) -> Option<StoredEvent<'a>> {
         let root = Lazy::read(record)?;
         let unquoted = |s: &'a str| s.strip_prefix('"')?.strip_suffix('"');
-        let raw = |name: &str| root.position(name).map(|i| root.members[i].raw.get());
+        let raw = |name: &str| root.position(name).map(|i| root.members[i].raw);
         let valid = raw("specversion").and_then(unquoted) == Some(SPEC_VERSION)
             && ["id", "source", "type"]
                 .iter()
@@ -225,13 +225,10 @@ impl EventTarget for StoredEvent<'_> {
 }
 
 impl<'a> Lazy<'a> {
-    /// The members of the JSON object `raw`; `None` if it is not an object, or has an escaped
-    /// or repeated name.
+    /// The members of the JSON object `raw`; `None` if it is not one (see [`scan_members`]).
     fn read(raw: &'a [u8]) -> Option<Lazy<'a>> {
         // One UTF-8 check of the whole text instead of one per string.
-        let mut de = serde_json::Deserializer::from_str(std::str::from_utf8(raw).ok()?);
-        let members = de.deserialize_map(MembersVisitor).ok()??;
-        de.end().ok()?;
+        let members = scan_members(std::str::from_utf8(raw).ok()?)?;
         Some(Lazy {
             members,
             added: ObjectMap::new(),
@@ -275,7 +272,7 @@ impl<'a> Lazy<'a> {
         if let Some(nested) = member.nested.get() {
             return nested.whole(cx);
         }
-        let raw = member.raw.get();
+        let raw = member.raw;
         let shared = cx.owner.and_then(|owner| {
             let text = raw.strip_prefix('"')?.strip_suffix('"')?;
             (!text.contains('\\')).then(|| Value::Bytes(owner.slice_ref(text.as_bytes())))
@@ -304,10 +301,10 @@ impl<'a> Lazy<'a> {
         if let Some(nested) = member.nested.get() {
             return Some(nested);
         }
-        if !member.raw.get().starts_with('{') {
+        if !member.raw.starts_with('{') {
             return None;
         }
-        let nested = Lazy::read(member.raw.get().as_bytes())?;
+        let nested = Lazy::read(member.raw.as_bytes())?;
         Some(member.nested.get_or_init(|| Box::new(nested)))
     }
 
@@ -488,7 +485,7 @@ impl<'a> Lazy<'a> {
             match (member.state, member.nested.get(), member.value.get()) {
                 (State::Changed, Some(nested), _) => nested.write_json(out),
                 (State::Changed, None, Some(value)) => write_value(out, value),
-                _ => out.extend_from_slice(member.raw.get().as_bytes()),
+                _ => out.extend_from_slice(member.raw.as_bytes()),
             }
         }
         for (name, value) in &self.added {
@@ -512,48 +509,137 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
 }
 
 /// A stored attribute as it arrives for validation (strings borrowed from the record).
-fn attr_of_raw<'a>(name: &str, raw: &'a RawValue) -> AttrValue<'a> {
+fn attr_of_raw<'a>(name: &str, raw: &'a str) -> AttrValue<'a> {
+    const NOT_JSON: AttrValue<'static> = AttrValue::Other("a value that is not JSON");
     if name == "data" {
-        return AttrValue::Json(Cow::Borrowed(raw));
+        return serde_json::from_str::<&RawValue>(raw)
+            .map_or(NOT_JSON, |raw| AttrValue::Json(Cow::Borrowed(raw)));
     }
-    serde_json::from_str(raw.get()).unwrap_or(AttrValue::Other("a value that is not JSON"))
+    serde_json::from_str(raw).unwrap_or(NOT_JSON)
 }
 
-/// The `(name, raw value)` members of an object; `None` for an escaped or repeated name.
-struct MembersVisitor;
-
-impl<'de> Visitor<'de> for MembersVisitor {
-    type Value = Option<Vec<Member<'de>>>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON object")
+/// The `(name, raw value)` members of the JSON object `text`, found by its structure alone:
+/// strings (with their escapes), nesting and separators are followed; scalars are taken as they
+/// are, not parsed — the record was validated when it was stored, and a member is parsed (and
+/// so checked) when a program reads it. `None` when `text` is not one object, the structure is
+/// broken, or a name is escaped or repeated (the caller then validates the record instead).
+fn scan_members(text: &str) -> Option<Vec<Member<'_>>> {
+    let b = text.as_bytes();
+    let mut i = skip_whitespace(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
     }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        // Room for a typical event's attributes (extensions grow it).
-        let mut members: Vec<Member<'de>> = Vec::with_capacity(8);
-        let mut usable = true;
-        // An escaped name does not borrow: the scan fails and the caller validates instead.
-        while let Some(name) = map.next_key::<&'de str>()? {
-            let raw: &'de RawValue = map.next_value()?;
-            if usable && members.iter().all(|m| m.name != name) {
-                members.push(Member {
-                    name,
-                    raw,
-                    value: OnceCell::new(),
-                    nested: OnceCell::new(),
-                    state: State::Stored,
-                });
-            } else {
-                usable = false;
+    i = skip_whitespace(b, i + 1);
+    // Room for a typical event's attributes (extensions grow it).
+    let mut members: Vec<Member<'_>> = Vec::with_capacity(8);
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return None;
+            }
+            let name_end = i
+                + 1
+                + b.get(i + 1..)?
+                    .iter()
+                    .position(|&c| c == b'"' || c == b'\\')?;
+            if b[name_end] != b'"' {
+                return None;
+            }
+            let name = &text[i + 1..name_end];
+            i = skip_whitespace(b, name_end + 1);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            let start = skip_whitespace(b, i + 1);
+            let end = skip_value(b, start)?;
+            if members.iter().any(|m| m.name == name) {
+                return None;
+            }
+            members.push(Member {
+                name,
+                raw: &text[start..end],
+                value: OnceCell::new(),
+                nested: OnceCell::new(),
+                state: State::Stored,
+            });
+            i = skip_whitespace(b, end);
+            match b.get(i) {
+                Some(b',') => i = skip_whitespace(b, i + 1),
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
             }
         }
-        Ok(usable.then_some(members))
     }
+    (skip_whitespace(b, i) == b.len()).then_some(members)
+}
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        IgnoredAny.visit_seq(seq)?;
-        Ok(None)
+fn skip_whitespace(b: &[u8], mut i: usize) -> usize {
+    while b
+        .get(i)
+        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        i += 1;
+    }
+    i
+}
+
+/// Where the JSON value starting at `i` ends.
+fn skip_value(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => skip_string(b, i),
+        b'{' | b'[' => {
+            // Brackets are matched by kind (a bit per level: 1 for an object), strings skipped
+            // whole; deeper than 128 levels the caller validates instead.
+            let (mut kinds, mut depth) = (0u128, 0u32);
+            let mut j = i;
+            while let Some(&c) = b.get(j) {
+                match c {
+                    b'"' => {
+                        j = skip_string(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' if depth < 128 => {
+                        kinds = (kinds << 1) | u128::from(c == b'{');
+                        depth += 1;
+                    }
+                    b'}' | b']' if depth > 0 && (kinds & 1 == 1) == (c == b'}') => {
+                        kinds >>= 1;
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    b'{' | b'[' | b'}' | b']' => return None,
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let len = b[i..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(b.len() - i);
+            (len > 0).then_some(i + len)
+        }
+    }
+}
+
+/// Where the JSON string starting at `i` (its opening quote) ends, after its closing quote.
+fn skip_string(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        let k = j + b.get(j..)?.iter().position(|&c| c == b'"' || c == b'\\')?;
+        if b[k] == b'"' {
+            return Some(k + 1);
+        }
+        j = k + 2;
     }
 }
 
@@ -651,6 +737,68 @@ mod tests {
                 let mut problems: Vec<String> = e.message.split("; ").map(str::to_owned).collect();
                 problems.sort();
                 Err(problems)
+            }
+        }
+    }
+
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
+            ".{0,6}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(".{0,4}", inner, 0..5)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The structural scan finds the same members, with the same text, as a JSON parser,
+        /// compact or pretty; an escaped name makes it give up rather than guess.
+        #[test]
+        fn the_member_scan_agrees_with_a_json_parser(
+            members in proptest::collection::btree_map("[a-z\"\\\\]{1,4}", json(), 0..6),
+            pretty in any::<bool>(),
+        ) {
+            let object = serde_json::Value::Object(members.clone().into_iter().collect());
+            let text = if pretty {
+                serde_json::to_string_pretty(&object).unwrap()
+            } else {
+                serde_json::to_string(&object).unwrap()
+            };
+            let scanned = scan_members(&text);
+            if members.keys().any(|k| k.contains(['"', '\\'])) {
+                prop_assert!(scanned.is_none());
+            } else {
+                let scanned = scanned.expect("an object with plain names scans");
+                // Compared through the same parser (floats do not round-trip exactly).
+                let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+                prop_assert_eq!(scanned.len(), members.len());
+                for (member, name) in scanned.iter().zip(members.keys()) {
+                    prop_assert_eq!(member.name, name.as_str());
+                    let raw: serde_json::Value = serde_json::from_str(member.raw).unwrap();
+                    prop_assert_eq!(&raw, &parsed[name]);
+                }
+            }
+        }
+
+        /// Arbitrary text never panics the scan, and what it accepts is followed to its end.
+        #[test]
+        fn the_member_scan_never_panics(text in "[{}\\[\\]\",:a-c0-9\\\\ ]{0,40}") {
+            if let Some(members) = scan_members(&text) {
+                for m in members {
+                    prop_assert!(!m.raw.is_empty());
+                }
             }
         }
     }
