@@ -59,6 +59,9 @@ pub fn check(data: &[u8]) {
         again.clear();
         lazy.to_json_bytes(&mut again)
             .expect("an untouched stored event is valid");
-        assert_eq!(stored, again, "an untouched stored event is not written as stored");
+        assert_eq!(
+            stored, again,
+            "an untouched stored event is not written as stored"
+        );
     }
 }
