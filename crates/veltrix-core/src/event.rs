@@ -198,29 +198,7 @@ impl Event {
 
     /// Appends this event as compact structured-mode JSON (the form stored in the log).
     pub fn to_json_bytes(&self, out: &mut Vec<u8>) {
-        write_head(
-            out,
-            [&self.id, &self.source, &self.ty],
-            [
-                self.time.as_deref(),
-                self.subject.as_deref(),
-                self.datacontenttype.as_deref(),
-                self.dataschema.as_deref(),
-            ],
-        );
-        for (name, value) in &self.extensions {
-            let value = match value {
-                ExtensionValue::String(s) => ExtensionRef::String(Cow::Borrowed(s)),
-                ExtensionValue::Boolean(b) => ExtensionRef::Boolean(*b),
-                ExtensionValue::Integer(i) => ExtensionRef::Integer(*i),
-            };
-            write_extension(out, name, &value);
-        }
-        let data = self.data.as_ref().map(|data| match data {
-            Data::Json(raw) => DataRef::Json(Cow::Borrowed(&**raw)),
-            Data::Base64(b64) => DataRef::Base64(Cow::Borrowed(b64)),
-        });
-        write_tail(out, data.as_ref());
+        EventRef::from(self).to_json_bytes(out);
     }
 
     /// Reads back an event written by [`Event::to_json_bytes`] (or any structured-mode JSON
@@ -371,20 +349,41 @@ impl<'a> EventRef<'a> {
     /// [`Event::to_json_bytes`] of [`EventRef::into_owned`].
     pub fn to_json_bytes(&self, out: &mut Vec<u8>) {
         let [id, source, ty] = &self.required;
-        write_head(
-            out,
-            [id, source, ty],
-            [
-                self.optional[0].as_deref(),
-                self.optional[1].as_deref(),
-                self.optional[2].as_deref(),
-                self.optional[3].as_deref(),
-            ],
-        );
-        for (name, value) in &self.extensions {
-            write_extension(out, name, value);
+        out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
+        write_json_str(out, id);
+        out.extend_from_slice(b",\"source\":");
+        write_json_str(out, source);
+        out.extend_from_slice(b",\"type\":");
+        write_json_str(out, ty);
+        let names = ["time", "subject", "datacontenttype", "dataschema"];
+        for (name, value) in names.into_iter().zip(&self.optional) {
+            if let Some(value) = value {
+                write_key(out, name);
+                write_json_str(out, value);
+            }
         }
-        write_tail(out, self.data.as_ref());
+        for (name, value) in &self.extensions {
+            write_key(out, name);
+            match value {
+                ExtensionRef::String(s) => write_json_str(out, s),
+                ExtensionRef::Boolean(b) => {
+                    out.extend_from_slice(if *b { b"true" } else { b"false" })
+                }
+                ExtensionRef::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
+            }
+        }
+        match &self.data {
+            Some(DataRef::Json(raw)) => {
+                write_key(out, "data");
+                out.extend_from_slice(raw.get().as_bytes());
+            }
+            Some(DataRef::Base64(b64)) => {
+                write_key(out, "data_base64");
+                write_json_str(out, b64);
+            }
+            None => {}
+        }
+        out.push(b'}');
     }
 
     /// The owned [`Event`].
@@ -420,46 +419,36 @@ impl<'a> EventRef<'a> {
     }
 }
 
-/// Writes `{"specversion":"1.0",` the required and the present optional attributes.
-fn write_head(out: &mut Vec<u8>, [id, source, ty]: [&str; 3], optional: [Option<&str>; 4]) {
-    out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
-    write_json_str(out, id);
-    out.extend_from_slice(b",\"source\":");
-    write_json_str(out, source);
-    out.extend_from_slice(b",\"type\":");
-    write_json_str(out, ty);
-    let names = ["time", "subject", "datacontenttype", "dataschema"];
-    for (name, value) in names.into_iter().zip(optional) {
-        if let Some(value) = value {
-            write_key(out, name);
-            write_json_str(out, value);
+impl<'a> From<&'a Event> for EventRef<'a> {
+    /// The event's view, borrowing every string (what ingest stores from).
+    fn from(event: &'a Event) -> EventRef<'a> {
+        let borrow = |s: &'a Option<String>| s.as_deref().map(Cow::Borrowed);
+        EventRef {
+            required: [&event.id, &event.source, &event.ty].map(|s| Cow::Borrowed(s.as_str())),
+            optional: [
+                borrow(&event.time),
+                borrow(&event.subject),
+                borrow(&event.datacontenttype),
+                borrow(&event.dataschema),
+            ],
+            extensions: event
+                .extensions
+                .iter()
+                .map(|(name, value)| {
+                    let value = match value {
+                        ExtensionValue::String(s) => ExtensionRef::String(Cow::Borrowed(s)),
+                        ExtensionValue::Boolean(b) => ExtensionRef::Boolean(*b),
+                        ExtensionValue::Integer(i) => ExtensionRef::Integer(*i),
+                    };
+                    (Cow::Borrowed(name.as_str()), value)
+                })
+                .collect(),
+            data: event.data.as_ref().map(|data| match data {
+                Data::Json(raw) => DataRef::Json(Cow::Borrowed(&**raw)),
+                Data::Base64(b64) => DataRef::Base64(Cow::Borrowed(b64.as_str())),
+            }),
         }
     }
-}
-
-fn write_extension(out: &mut Vec<u8>, name: &str, value: &ExtensionRef<'_>) {
-    write_key(out, name);
-    match value {
-        ExtensionRef::String(s) => write_json_str(out, s),
-        ExtensionRef::Boolean(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        ExtensionRef::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
-    }
-}
-
-/// Writes `data` or `data_base64` and closes the object.
-fn write_tail(out: &mut Vec<u8>, data: Option<&DataRef<'_>>) {
-    match data {
-        Some(DataRef::Json(raw)) => {
-            write_key(out, "data");
-            out.extend_from_slice(raw.get().as_bytes());
-        }
-        Some(DataRef::Base64(b64)) => {
-            write_key(out, "data_base64");
-            write_json_str(out, b64);
-        }
-        None => {}
-    }
-    out.push(b'}');
 }
 
 fn write_key(out: &mut Vec<u8>, name: &str) {

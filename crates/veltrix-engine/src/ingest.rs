@@ -284,7 +284,10 @@ impl std::fmt::Display for StoreError {
 /// as durable as its queue promises (fsync: on disk). Refused whole when a backpressure queue is
 /// full (`drop_*` queues drop their share instead, counted). This is how every source stores:
 /// HTTP answers 202 after it, pull sources acknowledge upstream after it.
-pub(crate) async fn store<E: Storable>(live: &Live, events: &[E]) -> Result<Accepted, StoreError> {
+pub(crate) async fn store(
+    live: &Live,
+    events: &[event::EventRef<'_>],
+) -> Result<Accepted, StoreError> {
     if events.is_empty() {
         return Ok(Accepted {
             accepted: 0,
@@ -412,8 +415,8 @@ impl QueueRecords {
 /// The pure middle of ingest: routes every decoded event and encodes it in stored form
 /// (`record::begin` + compact JSON) into its queue's records. All or nothing: `Err` names every
 /// event no queue takes.
-pub(crate) fn store_routed<E: Storable>(
-    events: &[E],
+pub(crate) fn store_routed(
+    events: &[event::EventRef<'_>],
     router: &config::Router,
     queues: usize,
     accepted_at: u64,
@@ -438,7 +441,7 @@ pub(crate) fn store_routed<E: Storable>(
     }
     // Stored records are about as long as the events were in the body, plus the prefix: size
     // each queue's buffer from its share so it is allocated once.
-    let per_event = events.iter().map(|e| e.stored_estimate()).sum::<usize>() / events.len().max(1);
+    let per_event = events.iter().map(stored_estimate).sum::<usize>() / events.len().max(1);
     let mut per_queue: Vec<QueueRecords> = counts
         .iter()
         .map(|&n| QueueRecords {
@@ -455,61 +458,10 @@ pub(crate) fn store_routed<E: Storable>(
     Ok(per_queue)
 }
 
-/// A decoded event as ingest stores it: owned ([`event::Event`], from pull sources) or
-/// borrowing from the request body ([`event::EventRef`], HTTP).
-pub(crate) trait Storable {
-    fn id(&self) -> &str;
-    fn source(&self) -> &str;
-    fn ty(&self) -> &str;
-    /// The length of `data` (or `data_base64`) as JSON text.
-    fn data_len(&self) -> usize;
-    fn to_json_bytes(&self, out: &mut Vec<u8>);
-
-    /// About how many bytes the event takes in stored form (a lower bound plus slack; only
-    /// sizes buffers).
-    fn stored_estimate(&self) -> usize {
-        8 + 64 + self.id().len() + self.source().len() + self.ty().len() + self.data_len()
-    }
-}
-
-impl Storable for event::Event {
-    fn id(&self) -> &str {
-        event::Event::id(self)
-    }
-    fn source(&self) -> &str {
-        event::Event::source(self)
-    }
-    fn ty(&self) -> &str {
-        event::Event::ty(self)
-    }
-    fn data_len(&self) -> usize {
-        match self.data() {
-            Some(event::Data::Json(raw)) => raw.get().len(),
-            Some(event::Data::Base64(b64)) => b64.len(),
-            None => 0,
-        }
-    }
-    fn to_json_bytes(&self, out: &mut Vec<u8>) {
-        event::Event::to_json_bytes(self, out);
-    }
-}
-
-impl Storable for event::EventRef<'_> {
-    fn id(&self) -> &str {
-        event::EventRef::id(self)
-    }
-    fn source(&self) -> &str {
-        event::EventRef::source(self)
-    }
-    fn ty(&self) -> &str {
-        event::EventRef::ty(self)
-    }
-    fn data_len(&self) -> usize {
-        event::EventRef::data_len(self)
-    }
-    fn to_json_bytes(&self, out: &mut Vec<u8>) {
-        event::EventRef::to_json_bytes(self, out);
-    }
+/// About how many bytes `event` takes in stored form (a lower bound plus slack; only sizes
+/// buffers).
+fn stored_estimate(event: &event::EventRef<'_>) -> usize {
+    8 + 64 + event.id().len() + event.source().len() + event.ty().len() + event.data_len()
 }
 
 /// Events of one call: how many were stored, and how many a `drop_*` queue discarded.

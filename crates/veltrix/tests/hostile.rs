@@ -221,17 +221,6 @@ async fn the_connection_cap_holds_and_a_new_request_succeeds_once_others_close()
     assert!(engine.stop().success());
 }
 
-/// Peak resident set size of a process, from /proc.
-fn peak_rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
 /// Sends a 100 MiB body (declared or chunked) until the server answers; returns the answer,
 /// the bytes the server read meanwhile and how long the answer took.
 async fn send_huge(engine: &Engine, chunked: bool) -> (String, f64, Duration) {
@@ -299,7 +288,7 @@ async fn a_100_mib_body_against_a_10_mib_limit_gets_413_having_read_about_the_li
             read / MIB as f64
         );
     }
-    let peak = peak_rss_bytes(engine.child.id());
+    let peak = proc_memory_bytes(engine.child.id(), "VmHWM");
     eprintln!(
         "FIGURE oversized body: engine peak RSS {} MiB",
         peak / MIB as u64

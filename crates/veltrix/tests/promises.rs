@@ -359,17 +359,6 @@ fn http_pipeline_with(url: &str, queue: &str, pipeline: &str) -> String {
     )
 }
 
-/// Resident set size of a process, from /proc.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap()
-        * 1024
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sink_outage_keeps_the_backlog_on_disk_and_delivers_it_after_recovery() {
     let _alone = ALONE.lock().await;
@@ -396,7 +385,7 @@ async fn a_sink_outage_keeps_the_backlog_on_disk_and_delivers_it_after_recovery(
     let started = Instant::now();
     let mut rss = Vec::new();
     while started.elapsed() < outage {
-        rss.push(rss_bytes(pid));
+        rss.push(proc_memory_bytes(pid, "VmRSS"));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -479,7 +468,7 @@ async fn overload_answers_429_keeps_memory_bounded_and_loses_nothing() {
     let started = Instant::now();
     let mut peak = 0;
     while started.elapsed() < overload {
-        peak = peak.max(rss_bytes(pid));
+        peak = peak.max(proc_memory_bytes(pid, "VmRSS"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::Relaxed);

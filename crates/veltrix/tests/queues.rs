@@ -551,17 +551,6 @@ fn stuck_behind(
     )
 }
 
-/// Resident set size of a process, from /proc.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_stays_bounded_while_the_backlog_grows_far_past_it() {
     let _alone = TIMED.lock().await;
@@ -586,7 +575,7 @@ async fn memory_stays_bounded_while_the_backlog_grows_far_past_it() {
         backlog += body.len() as u64;
         let (status, answer) = post(&engine.ingest, "application/x-ndjson", body, &[]).await;
         assert_eq!(status, 202, "{answer}");
-        peak = peak.max(rss_bytes(pid));
+        peak = peak.max(proc_memory_bytes(pid, "VmRSS"));
     }
     println!(
         "memory: backlog {} MiB, engine peak RSS {} MiB (bound {} MiB)",

@@ -1749,3 +1749,24 @@ fn listener_limits_out_of_bounds_are_errors_at_the_value() {
         "`header_timeout` must be a duration",
     );
 }
+
+/// A source table is checked against every source key before its type is known, then against
+/// its type's own keys: the first list must be exactly the union of the others.
+#[test]
+fn the_source_key_list_is_the_union_of_every_source_types_keys() {
+    let mut union: Vec<&str> = Vec::new();
+    for list in [
+        HTTP_SOURCE_KEYS,
+        GENERATOR_SOURCE_KEYS,
+        FILE_SOURCE_KEYS,
+        STDIN_SOURCE_KEYS,
+        nats::NATS_SOURCE_KEYS,
+    ] {
+        for key in list {
+            if !union.contains(key) {
+                union.push(key);
+            }
+        }
+    }
+    assert_eq!(SOURCE_KEYS, union.as_slice());
+}

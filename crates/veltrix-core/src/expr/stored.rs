@@ -336,10 +336,10 @@ impl<'a> Lazy<'a> {
         self.whole(cx)?.get(path)
     }
 
-    /// Member `i`, readied to be written: its nested object if it has one (or is a stored
-    /// object and `nested` is wanted), else its value.
-    fn member_mut(&mut self, i: usize, nested: bool, cx: &Cx<'a>) -> Option<Target<'_, 'a>> {
-        let use_nested = nested && self.member_nested(i).is_some();
+    /// Member `i`, readied to be written inside: its nested object if it has one (or is a
+    /// stored object not yet read whole), else its value.
+    fn member_mut(&mut self, i: usize, cx: &Cx<'a>) -> Option<Inside<'_, 'a>> {
+        let use_nested = self.member_nested(i).is_some();
         if !use_nested {
             self.member_value(i, cx)?;
         }
@@ -347,9 +347,9 @@ impl<'a> Lazy<'a> {
         let member = &mut self.members[i];
         member.state = State::Changed;
         if use_nested {
-            member.nested.get_mut().map(|n| Target::Nested(n))
+            member.nested.get_mut().map(|n| Inside::Nested(n))
         } else {
-            member.value.get_mut().map(Target::Value)
+            member.value.get_mut().map(Inside::Value)
         }
     }
 
@@ -372,9 +372,9 @@ impl<'a> Lazy<'a> {
                     member.nested = OnceCell::new();
                     member.value = OnceCell::from(value);
                 }
-                Some(i) => match self.member_mut(i, true, cx) {
-                    Some(Target::Nested(nested)) => nested.insert(rest, value, cx),
-                    Some(Target::Value(member)) => {
+                Some(i) => match self.member_mut(i, cx) {
+                    Some(Inside::Nested(nested)) => nested.insert(rest, value, cx),
+                    Some(Inside::Value(member)) => {
                         member.insert(rest, value);
                     }
                     None => {}
@@ -417,12 +417,12 @@ impl<'a> Lazy<'a> {
                 self.members[i].state = State::Removed;
                 return Some(removed);
             }
-            let (removed, emptied) = match self.member_mut(i, true, cx)? {
-                Target::Nested(nested) => {
+            let (removed, emptied) = match self.member_mut(i, cx)? {
+                Inside::Nested(nested) => {
                     let removed = nested.remove(rest, compact, cx)?;
                     (removed, nested.is_empty())
                 }
-                Target::Value(member) => {
+                Inside::Value(member) => {
                     let removed = member.remove(rest, compact)?;
                     let emptied = match member {
                         Value::Object(map) => map.is_empty(),
@@ -499,7 +499,7 @@ impl<'a> Lazy<'a> {
 }
 
 /// What a member is written through.
-enum Target<'m, 'a> {
+enum Inside<'m, 'a> {
     Nested(&'m mut Lazy<'a>),
     Value(&'m mut Value),
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use veltrix_core::config::SourceConfig;
-use veltrix_core::event::Event;
+use veltrix_core::event::{Event, EventRef};
 
 use crate::ingest::{self, Accepted, StoreError};
 use crate::live::Live;
@@ -115,9 +115,10 @@ impl SourceContext {
     /// [`SourceContext::store`] without counting a refusal: for sources that sort out which of
     /// the events were at fault and count those ([`SourceContext::reject`]).
     pub(crate) async fn store_waiting(&mut self, events: &[Event]) -> Result<Accepted, StoreError> {
+        let views: Vec<EventRef<'_>> = events.iter().map(EventRef::from).collect();
         let mut pause = PAUSE_INITIAL;
         loop {
-            match ingest::store(&self.live, events).await {
+            match ingest::store(&self.live, &views).await {
                 Ok(accepted) => {
                     self.received.increment(accepted.accepted as u64);
                     self.counters

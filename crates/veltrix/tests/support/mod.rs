@@ -482,3 +482,14 @@ async fn receive(
     }
     status
 }
+
+/// A memory field of `/proc/PID/status` in bytes: `VmRSS` (resident now) or `VmHWM` (peak).
+pub fn proc_memory_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    kib * 1024
+}
