@@ -18,7 +18,7 @@ pub fn event_json(i: usize) -> String {
         "order.created"
     };
     let mut e = format!(
-        r#"{{"specversion":"1.0","id":"{i:012}","source":"/shop/checkout","type":"{ty}","time":"2026-11-23T15:00:00.123456Z","subject":"order-{i}","data":{{"amount":"{}","qty":{},"currency":"EUR","customer":"c-{:05}","note":""#,
+        r#"{{"specversion":"1.0","id":"{i:012}","source":"/shop/checkout","type":"{ty}","time":"2026-11-23T15:00:00.123456Z","subject":"order-{i}","data":{{"amount":{},"qty":{},"currency":"EUR","customer":"c-{:05}","note":""#,
         100 + i % 900,
         1 + i % 5,
         i % 10_000
