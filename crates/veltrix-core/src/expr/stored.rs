@@ -323,7 +323,7 @@ impl Lazy {
     fn position(&self, text: &[u8], name: &str) -> Option<usize> {
         self.members
             .iter()
-            .position(|m| m.name.of(text) == name.as_bytes() && m.state != State::Removed)
+            .position(|m| same(m.name.of(text), name.as_bytes()) && m.state != State::Removed)
     }
 
     /// The object as one VRL value, made once (`None`: a member VRL cannot represent, recorded
@@ -364,7 +364,7 @@ impl Lazy {
             (!inner.contains(&b'\\') && std::str::from_utf8(inner).is_ok())
                 .then(|| Value::Bytes(owner.slice_ref(inner)))
         });
-        if let Some(value) = shared {
+        if let Some(value) = shared.or_else(|| plain_integer(raw)) {
             return Some(member.value.get_or_init(|| value));
         }
         match serde_json::from_slice::<Value>(raw) {
@@ -624,6 +624,26 @@ impl Member {
     }
 }
 
+/// `raw` as a VRL integer when it is a plain JSON integer that fits an `i64` (the common case,
+/// read without a JSON parser); anything else (fractions, exponents, big numbers) is parsed.
+fn plain_integer(raw: &[u8]) -> Option<Value> {
+    let (negative, digits) = match raw.strip_prefix(b"-") {
+        Some(digits) => (true, digits),
+        None => (false, raw),
+    };
+    // JSON's `-0` is a float to serde_json (and so to VRL): left to it.
+    let plain = match digits {
+        [b'0'] => !negative,
+        [b'1'..=b'9', ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    // Plain ASCII digits, so the text is UTF-8 and `i64`'s parser has the last word on range.
+    plain
+        .then(|| std::str::from_utf8(raw).ok()?.parse::<i64>().ok())
+        .flatten()
+        .map(Value::Integer)
+}
+
 /// What a member is written through: its nested object with the object's text, or its value.
 enum Inside<'m, 't> {
     Nested(&'m mut Lazy, &'t [u8]),
@@ -659,29 +679,47 @@ struct Scanned {
 /// Scans the JSON object `text` into `members` (`(name, raw value)` spans), found by its
 /// structure alone: strings (with their escapes), nesting and separators are followed; scalars
 /// are taken as they are, not parsed — the record was validated when it was stored, and a
-/// member is parsed (and so checked) when a program reads it. `None` when `text` is not one
-/// object, the structure is broken, a name is escaped, repeated or not UTF-8, or the text is
-/// longer than a span can say (the caller then validates the record instead).
+/// member is parsed (and so checked) when a program reads it. Members that are objects are
+/// scanned in the same pass (one level deep: `data`), so a program reaching into them does not
+/// walk their text again. `None` when `text` is not one object, the structure is broken, a
+/// name is escaped, repeated or not UTF-8, or the text is longer than a span can say (the
+/// caller then validates the record instead).
 fn scan_members(text: &[u8], members: &mut Vec<Member>) -> Option<Scanned> {
     if u32::try_from(text.len()).is_err() {
         return None;
     }
+    let start = skip_whitespace(text, 0);
+    let (end, scanned) = scan_object(text, 0, start, members, true)?;
+    let last = skip_whitespace(text, end);
+    (last == text.len()).then_some(Scanned {
+        close: scanned.close,
+        compact: scanned.compact && start == 0 && last == end,
+    })
+}
+
+/// Scans the object whose `{` is at `i` in `b` into `members`, with spans relative to
+/// `origin`; returns where the object ends. With `nest`, member objects are scanned too.
+fn scan_object(
+    b: &[u8],
+    origin: usize,
+    i: usize,
+    members: &mut Vec<Member>,
+    nest: bool,
+) -> Option<(usize, Scanned)> {
     let span = |start: usize, end: usize| Span {
-        start: start as u32,
-        end: end as u32,
+        start: (start - origin) as u32,
+        end: (end - origin) as u32,
     };
-    let b = text;
     let mut compact = true;
     let mut ws = |i: usize| {
         let j = skip_whitespace(b, i);
         compact &= j == i;
         j
     };
-    let mut i = ws(0);
     if b.get(i) != Some(&b'{') {
         return None;
     }
-    i = ws(i + 1);
+    let mut i = ws(i + 1);
     // Names seen, by a 6-bit fingerprint: a name whose bit is clear is new for sure, so the
     // members are compared only on a possible repeat.
     let mut seen = 0u64;
@@ -697,16 +735,25 @@ fn scan_members(text: &[u8], members: &mut Vec<Member>) -> Option<Scanned> {
                 + 1
                 + b.get(i + 1..)?
                     .iter()
-                    .position(|&c| c == b'"' || c == b'\\')?;
-            if b[name_end] != b'"' {
-                return None;
-            }
+                    .position(|&c| c == b'"' || c == b'\\' || !c.is_ascii())?;
+            let name_end = match b[name_end] {
+                b'"' => name_end,
+                b'\\' => return None,
+                // Not ASCII: checked as UTF-8 once its end is found.
+                _ => {
+                    let end = name_end
+                        + b[name_end..]
+                            .iter()
+                            .position(|&c| c == b'"' || c == b'\\')?;
+                    if b[end] != b'"' || std::str::from_utf8(&b[i + 1..end]).is_err() {
+                        return None;
+                    }
+                    end
+                }
+            };
             let name = &b[i + 1..name_end];
-            if !name.is_ascii() && std::str::from_utf8(name).is_err() {
-                return None;
-            }
             let bit = 1u64 << fingerprint(name);
-            if seen & bit != 0 && members.iter().any(|m| m.name.of(text) == name) {
+            if seen & bit != 0 && members.iter().any(|m| same(m.name.of(&b[origin..]), name)) {
                 return None;
             }
             seen |= bit;
@@ -716,12 +763,19 @@ fn scan_members(text: &[u8], members: &mut Vec<Member>) -> Option<Scanned> {
                 return None;
             }
             let start = ws(i + 1);
-            let end = skip_value(b, start)?;
+            let nested = OnceCell::new();
+            let end = match nest.then(|| scan_nested(b, start)).flatten() {
+                Some((end, lazy)) => {
+                    let _ = nested.set(lazy);
+                    end
+                }
+                None => skip_value(b, start)?,
+            };
             members.push(Member {
                 name,
                 raw: span(start, end),
                 value: OnceCell::new(),
-                nested: OnceCell::new(),
+                nested,
                 state: State::Stored,
             });
             i = ws(end);
@@ -735,10 +789,44 @@ fn scan_members(text: &[u8], members: &mut Vec<Member>) -> Option<Scanned> {
             }
         }
     }
-    (ws(close + 1) == b.len()).then_some(Scanned {
-        close: close as u32,
-        compact,
-    })
+    Some((
+        close + 1,
+        Scanned {
+            close: (close - origin) as u32,
+            compact,
+        },
+    ))
+}
+
+/// The member object at `i` (if the value there is one) scanned as a lazy object of its own,
+/// and where it ends; `None` leaves it to [`skip_value`] (and to be scanned when reached).
+fn scan_nested(b: &[u8], i: usize) -> Option<(usize, Lazy)> {
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    let mut members = member_list();
+    match scan_object(b, i, i, &mut members, false) {
+        Some((end, Scanned { close, compact })) => Some((
+            end,
+            Lazy {
+                members,
+                close,
+                compact,
+                added: ObjectMap::new(),
+                whole: OnceCell::new(),
+                changed: false,
+            },
+        )),
+        None => {
+            recycle(members);
+            None
+        }
+    }
+}
+
+/// Name equality, cheapest test first (most names differ in length or first byte).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.first() == b.first() && a == b
 }
 
 /// Six bits of a name (its length and last byte) for [`scan_members`]' repeat check.
@@ -974,6 +1062,35 @@ mod tests {
     }
 
     #[test]
+    fn plain_integers_are_read_without_a_parser_and_agree_with_it() {
+        for raw in [
+            "0",
+            "7",
+            "-12",
+            "9223372036854775807",
+            "-9223372036854775808",
+        ] {
+            let parsed: Value = serde_json::from_str(raw).unwrap();
+            assert_eq!(plain_integer(raw.as_bytes()), Some(parsed), "{raw}");
+        }
+        // Left to the parser: not plain, or beyond i64.
+        for raw in [
+            "-0",
+            "01",
+            "-",
+            "",
+            "1.5",
+            "1e3",
+            "-0.0",
+            "9223372036854775808",
+            "+1",
+            " 1",
+        ] {
+            assert_eq!(plain_integer(raw.as_bytes()), None, "{raw}");
+        }
+    }
+
+    #[test]
     fn a_pretty_record_is_written_compact() {
         let record = b"{ \"specversion\": \"1.0\", \"id\": \"1\", \"source\": \"/s\",\n \"type\": \"t\",\n \"data\": {\"a\": 1} }\n";
         let mut event = StoredEvent::read(record).unwrap();
@@ -995,8 +1112,9 @@ mod tests {
         drop(event);
         // The event's list and its data's list went back.
         assert_eq!(spare_lists(), before + 2);
+        // The next event takes both (its data object is scanned with it).
         let event = StoredEvent::read(record).unwrap();
-        assert_eq!(spare_lists(), before + 1);
+        assert_eq!(spare_lists(), before);
         drop(event);
         // A record that does not scan gives its list back too.
         assert!(StoredEvent::read(br#"{"a":1,"a":2}"#).is_none());
