@@ -11,6 +11,8 @@ pub const FILTER: &str = r#".type != "debug.ping""#;
 pub const REMAP: &str = ".data.total = (int(.data.amount) ?? 0) * (int(.data.qty) ?? 1)";
 
 /// Event `i` as compact JSON, about 250 bytes; every 20th is a `debug.ping` (filtered out).
+/// `amount` and `qty` are numbers, as in `examples/orders.toml` and `veltrix bench`'s events, so
+/// the remap computes real totals (a string amount would make `int()` fail on every event).
 pub fn event_json(i: usize) -> String {
     let ty = if i % 20 == 19 {
         "debug.ping"
