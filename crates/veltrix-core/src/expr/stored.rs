@@ -88,14 +88,42 @@ struct Member {
     name: Span,
     /// The member's JSON text.
     raw: Span,
-    /// The member as a VRL value, once a program read or wrote it as a whole.
-    value: OnceCell<Value>,
-    /// The member object, once a program reached into it.
-    nested: OnceCell<Lazy>,
+    /// What the member became: nothing yet, or its VRL value (once a program read or wrote it
+    /// as a whole), or a nested lazy object (a member object scanned with the record, or reached
+    /// into). One cell, so a member is never both.
+    touched: OnceCell<Touched>,
     state: State,
 }
 
+#[derive(Debug)]
+enum Touched {
+    Value(Value),
+    Nested(Lazy),
+}
+
 impl Member {
+    fn value(&self) -> Option<&Value> {
+        match self.touched.get()? {
+            Touched::Value(value) => Some(value),
+            Touched::Nested(_) => None,
+        }
+    }
+
+    fn nested(&self) -> Option<&Lazy> {
+        match self.touched.get()? {
+            Touched::Nested(nested) => Some(nested),
+            Touched::Value(_) => None,
+        }
+    }
+
+    /// Sets the value of an untouched member.
+    fn init_value(&self, value: Value) -> &Value {
+        match self.touched.get_or_init(|| Touched::Value(value)) {
+            Touched::Value(value) => value,
+            Touched::Nested(_) => unreachable!("only an untouched member gets a value"),
+        }
+    }
+
     fn name<'t>(&self, text: &'t [u8]) -> &'t str {
         std::str::from_utf8(self.name.of(text)).expect("names are checked when scanned")
     }
@@ -350,11 +378,11 @@ impl Lazy {
     /// Member `i` as one VRL value, read from the record the first time.
     fn member_value(&self, text: &[u8], i: usize, cx: &Cx<'_>) -> Option<&Value> {
         let member = &self.members[i];
-        if let Some(value) = member.value.get() {
+        if let Some(value) = member.value() {
             return Some(value);
         }
         let raw = member.raw.of(text);
-        if let Some(nested) = member.nested.get() {
+        if let Some(nested) = member.nested() {
             return nested.whole(raw, cx);
         }
         // A string without escapes is its own text: a slice of the batch, once it is known
@@ -365,10 +393,10 @@ impl Lazy {
                 .then(|| Value::Bytes(owner.slice_ref(inner)))
         });
         if let Some(value) = shared.or_else(|| plain_integer(raw)) {
-            return Some(member.value.get_or_init(|| value));
+            return Some(member.init_value(value));
         }
         match serde_json::from_slice::<Value>(raw) {
-            Ok(value) => Some(member.value.get_or_init(|| value)),
+            Ok(value) => Some(member.init_value(value)),
             Err(e) => {
                 let _ = cx.error.set(format!(
                     "`{}` cannot be converted for VRL: {e}",
@@ -382,18 +410,20 @@ impl Lazy {
     /// Member `i` as a lazy object, if it is a stored object not yet read as a whole.
     fn member_nested(&self, text: &[u8], i: usize) -> Option<&Lazy> {
         let member = &self.members[i];
-        if member.value.get().is_some() {
-            return None;
-        }
-        if let Some(nested) = member.nested.get() {
-            return Some(nested);
+        match member.touched.get() {
+            Some(Touched::Nested(nested)) => return Some(nested),
+            Some(Touched::Value(_)) => return None,
+            None => {}
         }
         let raw = member.raw.of(text);
         if !raw.starts_with(b"{") {
             return None;
         }
         let nested = Lazy::read(raw)?;
-        Some(member.nested.get_or_init(|| nested))
+        match member.touched.get_or_init(|| Touched::Nested(nested)) {
+            Touched::Nested(nested) => Some(nested),
+            Touched::Value(_) => unreachable!("checked untouched above"),
+        }
     }
 
     fn attribute(&self, text: &[u8], name: &str, cx: &Cx<'_>) -> Option<&Value> {
@@ -427,19 +457,17 @@ impl Lazy {
     /// Member `i`, readied to be written inside: its nested object (with its text) if it has
     /// one (or is a stored object not yet read whole), else its value.
     fn member_mut<'t>(&mut self, text: &'t [u8], i: usize, cx: &Cx<'_>) -> Option<Inside<'_, 't>> {
-        let use_nested = self.member_nested(text, i).is_some();
-        if !use_nested {
+        if self.member_nested(text, i).is_none() {
             self.member_value(text, i, cx)?;
         }
         self.changed = true;
         let member = &mut self.members[i];
         member.state = State::Changed;
-        if use_nested {
-            let raw = member.raw.of(text);
-            member.nested.get_mut().map(|n| Inside::Nested(n, raw))
-        } else {
-            member.value.get_mut().map(Inside::Value)
-        }
+        let raw = member.raw.of(text);
+        member.touched.get_mut().map(|touched| match touched {
+            Touched::Nested(nested) => Inside::Nested(nested, raw),
+            Touched::Value(value) => Inside::Value(value),
+        })
     }
 
     fn whole_mut(&mut self, text: &[u8], cx: &Cx<'_>) -> Option<&mut Value> {
@@ -458,8 +486,7 @@ impl Lazy {
                     self.changed = true;
                     let member = &mut self.members[i];
                     member.state = State::Changed;
-                    member.nested = OnceCell::new();
-                    member.value = OnceCell::from(value);
+                    member.touched = OnceCell::from(Touched::Value(value));
                 }
                 Some(i) => match self.member_mut(text, i, cx) {
                     Some(Inside::Nested(nested, raw)) => nested.insert(raw, rest, value, cx),
@@ -551,7 +578,7 @@ impl Lazy {
             && self.members.iter().all(|m| match m.state {
                 State::Stored => true,
                 State::Changed => {
-                    m.name.of(text) == b"data" && !matches!(m.value.get(), Some(Value::Null))
+                    m.name.of(text) == b"data" && !matches!(m.value(), Some(Value::Null))
                 }
                 State::Removed => false,
             })
@@ -616,10 +643,10 @@ impl Lazy {
 impl Member {
     /// Writes a changed member's value: its nested object or its VRL value.
     fn write_changed(&self, text: &[u8], out: &mut Vec<u8>) {
-        match (self.nested.get(), self.value.get()) {
-            (Some(nested), _) => nested.write_json(self.raw.of(text), out),
-            (None, Some(value)) => write_value(out, value),
-            (None, None) => unreachable!("a changed member has a value or a nested object"),
+        match self.touched.get() {
+            Some(Touched::Nested(nested)) => nested.write_json(self.raw.of(text), out),
+            Some(Touched::Value(value)) => write_value(out, value),
+            None => unreachable!("a changed member has a value or a nested object"),
         }
     }
 }
@@ -763,10 +790,10 @@ fn scan_object(
                 return None;
             }
             let start = ws(i + 1);
-            let nested = OnceCell::new();
+            let touched = OnceCell::new();
             let end = match nest.then(|| scan_nested(b, start)).flatten() {
                 Some((end, lazy)) => {
-                    let _ = nested.set(lazy);
+                    let _ = touched.set(Touched::Nested(lazy));
                     end
                 }
                 None => skip_value(b, start)?,
@@ -774,8 +801,7 @@ fn scan_object(
             members.push(Member {
                 name,
                 raw: span(start, end),
-                value: OnceCell::new(),
-                nested,
+                touched,
                 state: State::Stored,
             });
             i = ws(end);
