@@ -2,9 +2,10 @@
 //!
 //! Layout: a JSON object of the record is a [`Lazy`] object: its members as `(name, raw JSON)`
 //! spans of the object's text (one scan, no copies), each with a state (stored, changed,
-//! removed) and, once a program touches it, either a VRL value or — when the program reaches
-//! *into* a member object (`.data.total`) — a nested lazy object of its own; members a program
-//! adds live in `added`. A program that reads or replaces an object as a whole
+//! removed) and either a VRL value (once a program reads or writes it whole) or a nested lazy
+//! object of its own (a member object: scanned in the same pass one level deep — `data` — or
+//! deeper ones when a program reaches into them, `.data.items.x`); members a program adds live
+//! in `added`. A program that reads or replaces an object as a whole
 //! (`. = merge(., …)`, `encode_json(.data)`) turns that object into one VRL value (`whole`),
 //! from then on the truth. Spans are offsets, not references, so member lists hold no borrow
 //! and are recycled through a small per-thread pool instead of being allocated per event.
