@@ -323,13 +323,17 @@ fn latencies(receiver: &Receiver, sent: &HashMap<String, Instant>) -> Vec<Durati
         .collect()
 }
 
+// `memory` durability: these tests pin the scheduler, and a disk's fdatasync tail (hundreds of
+// milliseconds now and then on a busy virtual disk) would be measured with it.
 const PRIORITIES: &str = r#"
 [queues.critical]
 types = ["payment.*"]
 priority = 0
+durability = "memory"
 [queues.bulk]
 types = ["*"]
 priority = 10
+durability = "memory"
 [pipelines.p]
 from = ["critical", "bulk"]
 workers = 1
