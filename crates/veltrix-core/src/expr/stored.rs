@@ -332,16 +332,26 @@ impl EventTarget for StoredEvent<'_> {
 impl Lazy {
     /// The members of the JSON object `text`; `None` if it is not one (see [`scan_members`]).
     fn read(text: &[u8]) -> Option<Lazy> {
+        let ((), lazy) = Lazy::scan(|members| Some(((), scan_members(text, members)?)))?;
+        Some(lazy)
+    }
+
+    /// The object of the members `scan` finds, in a list from the pool (given back when the
+    /// scan fails), with what else the scan returns.
+    fn scan<R>(scan: impl FnOnce(&mut Vec<Member>) -> Option<(R, Scanned)>) -> Option<(R, Lazy)> {
         let mut members = member_list();
-        match scan_members(text, &mut members) {
-            Some(Scanned { close, compact }) => Some(Lazy {
-                members,
-                close,
-                compact,
-                added: ObjectMap::new(),
-                whole: OnceCell::new(),
-                changed: false,
-            }),
+        match scan(&mut members) {
+            Some((found, Scanned { close, compact })) => Some((
+                found,
+                Lazy {
+                    members,
+                    close,
+                    compact,
+                    added: ObjectMap::new(),
+                    whole: OnceCell::new(),
+                    changed: false,
+                },
+            )),
             None => {
                 recycle(members);
                 None
@@ -831,24 +841,7 @@ fn scan_nested(b: &[u8], i: usize) -> Option<(usize, Lazy)> {
     if b.get(i) != Some(&b'{') {
         return None;
     }
-    let mut members = member_list();
-    match scan_object(b, i, i, &mut members, false) {
-        Some((end, Scanned { close, compact })) => Some((
-            end,
-            Lazy {
-                members,
-                close,
-                compact,
-                added: ObjectMap::new(),
-                whole: OnceCell::new(),
-                changed: false,
-            },
-        )),
-        None => {
-            recycle(members);
-            None
-        }
-    }
+    Lazy::scan(|members| scan_object(b, i, i, members, false))
 }
 
 /// Name equality, cheapest test first (most names differ in length or first byte).
