@@ -12,7 +12,7 @@ use std::future::Future;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -185,6 +185,11 @@ pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     /// Wakes the committer.
     work: Condvar,
+    /// Whether the committer is waiting on `work`. Set and cleared under the state lock around
+    /// its wait, so a waker that changed the state under the lock and reads `false` afterwards
+    /// knows the committer has not started waiting since and will see the change when it checks
+    /// for work: notifying is skipped then (a futex syscall per append while it is busy syncing).
+    committer_waiting: AtomicBool,
     /// Bumped whenever readers may make progress: new records, acknowledgements, close.
     pub(crate) progress: watch::Sender<u64>,
     pub(crate) stats: Stats,
@@ -201,8 +206,11 @@ impl Shared {
         self.progress.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    /// Call after changing the state under the lock (and releasing it).
     pub(crate) fn wake_committer(&self) {
-        self.work.notify_one();
+        if self.committer_waiting.load(Ordering::SeqCst) {
+            self.work.notify_one();
+        }
     }
 
     pub(crate) fn segment_path(&self, base: u64) -> PathBuf {
@@ -316,6 +324,7 @@ impl Log {
                 closing: false,
             }),
             work: Condvar::new(),
+            committer_waiting: AtomicBool::new(false),
             progress,
             stats: Stats::default(),
         });
@@ -777,11 +786,13 @@ impl Committer {
             if let (Some(since), Some(every)) = (self.unsynced_since, self.interval()) {
                 wait = wait.min(every.saturating_sub(since.elapsed()));
             }
+            shared.committer_waiting.store(true, Ordering::SeqCst);
             st = shared
                 .work
                 .wait_timeout(st, wait.max(Duration::from_micros(100)))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            shared.committer_waiting.store(false, Ordering::SeqCst);
         }
         let spare = std::mem::take(&mut st.spare);
         let buf = std::mem::replace(&mut st.pending, spare);
