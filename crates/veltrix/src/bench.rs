@@ -28,6 +28,8 @@ use tokio::time::Instant;
 
 use crate::cli::exit;
 
+mod conn;
+
 /// Events per second, or closed-loop saturation.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Rate {
@@ -291,7 +293,7 @@ struct Window {
 
 async fn connection(
     c: usize,
-    client: reqwest::Client,
+    target: Arc<conn::Target>,
     args: Arc<RunShape>,
     bodies: Arc<Vec<&'static [u8]>>,
     window: Window,
@@ -304,6 +306,7 @@ async fn connection(
         rejected: BTreeMap::new(),
         last_done: None,
     };
+    let mut conn = conn::Conn::new(target);
     let mut k: u64 = 0;
     loop {
         let due = match args.req_rate {
@@ -324,22 +327,7 @@ async fn connection(
             }
         };
         let body = bodies[(k as usize * args.connections + c) % bodies.len()];
-        let mut request = client
-            .post(&args.url)
-            .header("content-type", args.content_type)
-            .body(body);
-        if let Some(token) = &args.token {
-            request = request.bearer_auth(token);
-        }
-        let outcome = match request.send().await {
-            Ok(response) => {
-                let status = response.status();
-                // Read the answer fully so the connection is reused.
-                let _ = response.bytes().await;
-                Ok(status)
-            }
-            Err(e) => Err(e),
-        };
+        let outcome = conn.post(body).await;
         let done = Instant::now();
         k += 1;
         live.requests.fetch_add(1, Ordering::Relaxed);
@@ -367,25 +355,13 @@ async fn connection(
                     .entry(status.as_u16().to_string())
                     .or_default() += 1
             }
-            Err(e) => {
-                let key = if e.is_timeout() {
-                    "timeout"
-                } else if e.is_connect() {
-                    "connect error"
-                } else {
-                    "transport error"
-                };
-                *result.rejected.entry(key.to_owned()).or_default() += 1;
-            }
+            Err(failure) => *result.rejected.entry(failure.key().to_owned()).or_default() += 1,
         }
     }
     result
 }
 
 struct RunShape {
-    url: String,
-    content_type: &'static str,
-    token: Option<String>,
     connections: usize,
     events_per_request: usize,
     /// Requests per second in total; `None` = closed loop.
@@ -566,6 +542,14 @@ async fn run(args: &BenchArgs) -> u8 {
         base: args.api.clone(),
         token: args.token.clone(),
     });
+    let target =
+        match conn::Target::parse(&args.url, args.kind.content_type(), args.token.as_deref()) {
+            Ok(target) => Arc::new(target),
+            Err(e) => {
+                eprintln!("veltrix bench: {e}");
+                return exit::FAILURE;
+            }
+        };
     // Fail early, with a clear message, when nothing listens.
     let probe = client.get(&args.url).timeout(Duration::from_secs(5)).send();
     if let Err(e) = probe.await
@@ -579,9 +563,6 @@ async fn run(args: &BenchArgs) -> u8 {
     }
 
     let shape = Arc::new(RunShape {
-        url: args.url.clone(),
-        content_type: args.kind.content_type(),
-        token: args.token.clone(),
         connections: args.connections,
         events_per_request: args.batch,
         req_rate: match args.rate {
@@ -600,7 +581,7 @@ async fn run(args: &BenchArgs) -> u8 {
         .map(|c| {
             tokio::spawn(connection(
                 c,
-                client.clone(),
+                target.clone(),
                 shape.clone(),
                 bodies.clone(),
                 window,

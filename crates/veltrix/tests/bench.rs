@@ -121,3 +121,64 @@ async fn discard_server_accepts_everything_and_bench_measures_it() {
     assert!(doc["accepted_events"].as_u64().unwrap() >= 100, "{doc}");
     assert!(doc["e2e_latency_seconds"].is_null(), "{doc}");
 }
+
+/// The generator's requests carry the token, the host and the content type on every request of
+/// every connection: a server that accepts only requests with all three accepts them all, and
+/// refuses them all (401, counted by status) when the token is left out.
+#[tokio::test]
+async fn bench_requests_carry_token_host_and_content_type() {
+    use axum::http::{HeaderMap, StatusCode};
+    let app = axum::Router::new().route(
+        "/v1/events",
+        axum::routing::post(|headers: HeaderMap| async move {
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+            let host_ok = header("host").is_some_and(|h| h.starts_with("127.0.0.1:"));
+            if header("authorization") == Some("Bearer s3cret")
+                && header("content-type") == Some("application/cloudevents+json")
+                && host_ok
+            {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::UNAUTHORIZED
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/events", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let run = |token: Option<&'static str>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut command = Command::new(BIN);
+            command
+                .args(["bench", "--url", &url, "--api", "http://127.0.0.1:9"])
+                .args(["--duration", "1s", "--warmup", "0s", "--rate", "max"])
+                .args([
+                    "--content-type",
+                    "structured",
+                    "--connections",
+                    "3",
+                    "--json",
+                ]);
+            if let Some(token) = token {
+                command.args(["--token", token]);
+            }
+            let output = command.output().unwrap();
+            let doc = serde_json::from_slice::<Value>(&output.stdout).unwrap();
+            (output.status.code(), doc)
+        })
+    };
+    let (code, with) = run(Some("s3cret")).await.unwrap();
+    assert_eq!(code, Some(0), "{with}");
+    assert!(with["accepted_events"].as_u64().unwrap() > 0, "{with}");
+    assert_eq!(with["rejected_requests"], serde_json::json!({}), "{with}");
+    // A run in which nothing was accepted still reports, and fails.
+    let (code, without) = run(None).await.unwrap();
+    assert_eq!(code, Some(1), "{without}");
+    assert_eq!(without["accepted_events"], 0, "{without}");
+    assert!(
+        without["rejected_requests"]["401"].as_u64().unwrap() > 0,
+        "{without}"
+    );
+}
