@@ -49,23 +49,26 @@ engine() {
   rm -rf "$VELTRIX_BENCH_DIR"
 }
 
-NAMES=(ndjson-fsync-file ndjson-memory-blackhole structured-64 e2e-10k)
+NAMES=(ndjson-fsync-file ndjson-memory-blackhole structured-64 structured-64-memory e2e-10k)
 declare -A TITLE=(
   [ndjson-fsync-file]="NDJSON 1000 × ~250 B, fsync + VRL + file, max rate"
   [ndjson-memory-blackhole]="NDJSON 1000 × ~250 B, memory + VRL + blackhole, max rate"
   [structured-64]="single-event structured, 64 connections, fsync + VRL + file, max rate"
+  [structured-64-memory]="single-event structured, 64 connections, memory + VRL + blackhole, max rate"
   [e2e-10k]="steady 10,000 events/s in batches of 10, fsync + VRL + file"
 )
 declare -A CONFIG=(
   [ndjson-fsync-file]=deploy/bench/fsync-file.toml
   [ndjson-memory-blackhole]=deploy/bench/memory-blackhole.toml
   [structured-64]=deploy/bench/fsync-file.toml
+  [structured-64-memory]=deploy/bench/memory-blackhole.toml
   [e2e-10k]=deploy/bench/fsync-file.toml
 )
 declare -A ARGS=(
   [ndjson-fsync-file]="--rate max --batch 1000 --payload-bytes 250 --connections 8 --content-type ndjson"
   [ndjson-memory-blackhole]="--rate max --batch 1000 --payload-bytes 250 --connections 8 --content-type ndjson"
   [structured-64]="--rate max --payload-bytes 250 --connections 64 --content-type structured"
+  [structured-64-memory]="--rate max --payload-bytes 250 --connections 64 --content-type structured"
   [e2e-10k]="--rate 10000 --batch 10 --payload-bytes 250 --connections 8 --content-type ndjson"
 )
 
