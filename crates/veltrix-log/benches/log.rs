@@ -23,6 +23,8 @@ const PER_COMMIT: usize = 1_000;
 
 fn bench_dir() -> tempfile::TempDir {
     let base = std::env::var_os("VELTRIX_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    // scripts/bench.sh removes the directory after each engine run.
+    std::fs::create_dir_all(&base).expect("bench dir's parent");
     tempfile::tempdir_in(base).expect("bench dir")
 }
 
