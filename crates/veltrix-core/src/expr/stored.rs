@@ -104,6 +104,10 @@ enum Touched {
 
 impl Member {
     /// What [`scan_object`] pushes before it fills in the member's spans.
+    #[allow(
+        clippy::declare_interior_mutable_const,
+        reason = "used only as a fresh value to push: each use is a new, empty cell"
+    )]
     const UNSCANNED: Member = Member {
         name: Span { start: 0, end: 0 },
         raw: Span { start: 0, end: 0 },
