@@ -781,7 +781,7 @@ fn scan_object(
             if b.get(i) != Some(&b'"') {
                 return None;
             }
-            let name_end = name_stop(b, i + 1)?;
+            let name_end = find_stop(b, i + 1, true)?;
             let name_end = match b[name_end] {
                 b'"' => name_end,
                 b'\\' => return None,
@@ -814,9 +814,6 @@ fn scan_object(
             // store-to-load forwarding (`perf annotate`: a quarter of this function's samples
             // were on that copy).
             members.push(Member::UNSCANNED);
-            let member = members.last_mut().expect("pushed above");
-            member.name = name;
-            member.raw.start = (start - origin) as u32;
             let end = match nest.then(|| scan_nested(b, start)).flatten() {
                 Some((end, lazy)) => {
                     let member = members.last_mut().expect("pushed above");
@@ -825,7 +822,9 @@ fn scan_object(
                 }
                 None => skip_value(b, start)?,
             };
-            members.last_mut().expect("pushed above").raw.end = (end - origin) as u32;
+            let member = members.last_mut().expect("pushed above");
+            member.name = name;
+            member.raw = span(start, end);
             i = ws(end);
             match b.get(i) {
                 Some(b',') => i = ws(i + 1),
@@ -922,14 +921,14 @@ fn skip_value(b: &[u8], i: usize) -> Option<usize> {
     }
 }
 
-/// The first quote, backslash or non-ASCII byte at or after `i`, eight bytes at a time where it
-/// can (names are short; most fit in one or two words).
-fn name_stop(b: &[u8], mut i: usize) -> Option<usize> {
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+/// The first quote or backslash at or after `i` (with `non_ascii`, also the first byte that is
+/// not ASCII), eight bytes at a time while it can: names and most string bytes need no look.
+fn find_stop(b: &[u8], mut i: usize, non_ascii: bool) -> Option<usize> {
+    let highs = if non_ascii { HIGHS } else { 0 };
     while let Some(chunk) = b.get(i..i + 8) {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
         // Exact in its lowest set byte (a borrow only ever flags a byte above a true match).
-        let stops = has_byte(word, b'"') | has_byte(word, b'\\') | (word & HIGHS);
+        let stops = has_byte(word, b'"') | has_byte(word, b'\\') | (word & highs);
         if stops != 0 {
             return Some(i + stops.trailing_zeros() as usize / 8);
         }
@@ -937,7 +936,7 @@ fn name_stop(b: &[u8], mut i: usize) -> Option<usize> {
     }
     b.get(i..)?
         .iter()
-        .position(|&c| c == b'"' || c == b'\\' || !c.is_ascii())
+        .position(|&c| c == b'"' || c == b'\\' || (non_ascii && !c.is_ascii()))
         .map(|k| i + k)
 }
 
@@ -945,15 +944,7 @@ fn name_stop(b: &[u8], mut i: usize) -> Option<usize> {
 fn skip_string(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     loop {
-        // Eight bytes at a time while none is a quote or a backslash (most string bytes).
-        while let Some(chunk) = b.get(j..j + 8) {
-            let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-            if has_byte(word, b'"') | has_byte(word, b'\\') != 0 {
-                break;
-            }
-            j += 8;
-        }
-        let k = j + b.get(j..)?.iter().position(|&c| c == b'"' || c == b'\\')?;
+        let k = find_stop(b, j, false)?;
         if b[k] == b'"' {
             return Some(k + 1);
         }
@@ -961,10 +952,12 @@ fn skip_string(b: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+/// Bytes with their high bit set: the ones that are not ASCII.
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+
 /// Non-zero when one of `word`'s bytes is `byte` (the classic zero-byte test on `word ^ byte`).
 const fn has_byte(word: u64, byte: u8) -> u64 {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     let x = word ^ (ONES * byte as u64);
     x.wrapping_sub(ONES) & !x & HIGHS
 }
