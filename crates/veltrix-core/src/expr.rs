@@ -16,6 +16,7 @@
 //! program changed. Code that has an [`Event`] converts it once ([`event_to_value`],
 //! [`value_to_event`]).
 
+mod condition;
 mod stored;
 
 use std::borrow::Cow;
@@ -33,6 +34,7 @@ pub use vrl::value::Value;
 use vrl::value::kind::Collection;
 use vrl::value::{Kind, ObjectMap, Secrets};
 
+use self::condition::Condition;
 pub use self::stored::StoredEvent;
 use crate::event::{AttrValue, Data, Event, EventRef, ExtensionValue, InvalidEvent};
 
@@ -65,6 +67,9 @@ pub enum RunError {
 pub struct Expr<K> {
     source: String,
     program: Program,
+    /// A filter condition VRL's runtime is not needed for (see [`condition`]); `None` for
+    /// other programs and for conditions outside that subset.
+    condition: Option<Condition>,
     warnings: Vec<ExprDiagnostic>,
     kind: std::marker::PhantomData<K>,
 }
@@ -97,6 +102,7 @@ impl<K> Expr<K> {
         Expr {
             source: source.to_owned(),
             program,
+            condition: None,
             warnings,
             kind: std::marker::PhantomData,
         }
@@ -147,7 +153,9 @@ impl Expr<FilterKind> {
                 ),
             }]);
         }
-        Ok(Filter::new(source, program, warnings))
+        let mut filter = Filter::new(source, program, warnings);
+        filter.condition = Condition::of(source);
+        Ok(filter)
     }
 
     /// Whether `event` passes the condition.
@@ -156,6 +164,13 @@ impl Expr<FilterKind> {
         runtime: &mut Runtime,
         event: &mut dyn EventTarget,
     ) -> Result<bool, RunError> {
+        if let Some(condition) = &self.condition {
+            let keep = condition.eval(&*event);
+            return match event.take_error() {
+                Some(error) => Err(RunError::Failed(error)),
+                None => Ok(keep),
+            };
+        }
         match runtime.resolve(&self.program, event)? {
             Value::Boolean(keep) => Ok(keep),
             // Compile-time checked; a mismatch here is a VRL type-checking bug, not the event's.
