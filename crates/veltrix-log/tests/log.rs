@@ -88,6 +88,46 @@ async fn appended_records_are_read_back_in_order_with_their_offsets() {
     check(&drain(&mut cursor), 0..25);
 }
 
+/// The committer is woken only when it is waiting (a flag set and cleared under the state
+/// lock): a wake-up lost to that skip would leave an append waiting for the committer's idle
+/// timeout (an hour here) instead of the next round. Many appenders racing the committer's
+/// waits must each be committed promptly; the deadline only turns a hang into a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_racing_the_committers_waits_are_each_committed_without_a_timeout() {
+    const APPENDERS: u64 = 8;
+    const APPENDS_EACH: u64 = 500;
+    let fs = SimFs::new();
+    let (log, _) = open(
+        &fs,
+        LogOptions {
+            segment_bytes: 64 * 1024,
+            ..small()
+        },
+    );
+    let log = Arc::new(log);
+    let tasks: Vec<_> = (0..APPENDERS)
+        .map(|task| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for i in 0..APPENDS_EACH {
+                    let ticket = log
+                        .append(&payload(task * APPENDS_EACH + i))
+                        .expect("accepted");
+                    tokio::time::timeout(Duration::from_secs(10), ticket)
+                        .await
+                        .unwrap_or_else(|_| panic!("append {i} of task {task} was never committed"))
+                        .expect("durable");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("appender");
+    }
+    let mut cursor = log.cursor("all").expect("cursor");
+    assert_eq!(drain(&mut cursor).len() as u64, APPENDERS * APPENDS_EACH);
+}
+
 #[tokio::test]
 async fn segments_rotate_and_no_record_spans_two_segments() {
     let fs = SimFs::new();
