@@ -687,11 +687,20 @@ fn plain_integer(raw: &[u8]) -> Option<Value> {
         [b'1'..=b'9', ..] => digits.iter().all(u8::is_ascii_digit),
         _ => false,
     };
-    // Plain ASCII digits, so the text is UTF-8 and `i64`'s parser has the last word on range.
-    plain
-        .then(|| std::str::from_utf8(raw).ok()?.parse::<i64>().ok())
-        .flatten()
-        .map(Value::Integer)
+    if !plain {
+        return None;
+    }
+    // Up to 18 digits cannot overflow an `i64`: folded here. Longer ones are plain ASCII digits,
+    // so the text is UTF-8 and `i64`'s parser has the last word on range.
+    let n = if digits.len() <= 18 {
+        let n = digits
+            .iter()
+            .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
+        if negative { -n } else { n }
+    } else {
+        std::str::from_utf8(raw).ok()?.parse::<i64>().ok()?
+    };
+    Some(Value::Integer(n))
 }
 
 /// What a member is written through: its nested object with the object's text, or its value.
@@ -854,9 +863,22 @@ fn scan_nested(b: &[u8], i: usize) -> Option<(usize, Lazy)> {
     Lazy::scan(|members| scan_object(b, i, i, members, false))
 }
 
-/// Name equality, cheapest test first (most names differ in length or first byte).
+/// Name equality, cheapest test first (most names differ in length or first byte). Names are
+/// short: compared a word at a time in line, not through a `memcmp` call (a profile put 2.5 % of
+/// the in-process pipeline's samples in `memcmp` from here).
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.first() == b.first() && a == b
+    if a.len() != b.len() || a.first() != b.first() {
+        return false;
+    }
+    let word = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+    let mut i = 0;
+    while i + 8 <= a.len() {
+        if word(a, i) != word(b, i) {
+            return false;
+        }
+        i += 8;
+    }
+    a[i..].iter().zip(&b[i..]).all(|(x, y)| x == y)
 }
 
 /// Six bits of a name (its length and last byte) for [`scan_members`]' repeat check.
@@ -1125,6 +1147,9 @@ mod tests {
             "0",
             "7",
             "-12",
+            "999999999999999999",
+            "-999999999999999999",
+            "1000000000000000000",
             "9223372036854775807",
             "-9223372036854775808",
         ] {
@@ -1191,6 +1216,22 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The word-at-a-time name comparison is slice equality, across word boundaries.
+        #[test]
+        fn names_are_the_same_exactly_when_their_bytes_are(
+            a in proptest::collection::vec(97u8..100, 0..20),
+            other in proptest::collection::vec(97u8..100, 0..20),
+            flip in any::<Option<usize>>(),
+        ) {
+            // A copy with at most one byte changed (anywhere), or an unrelated name.
+            let mut b = a.clone();
+            if let (Some(i), false) = (flip, a.is_empty()) {
+                b[i % a.len()] ^= 1;
+            }
+            prop_assert_eq!(same(&a, &b), a == b);
+            prop_assert_eq!(same(&a, &other), a == other);
+        }
 
         /// The structural scan finds the same members, with the same text, as a JSON parser,
         /// compact or pretty; an escaped name makes it give up rather than guess.
