@@ -497,3 +497,25 @@ impl Engine {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Without a scraper, histogram samples must be folded by the process-wide upkeep thread
+    /// rather than held until `/metrics` is read (memory would grow with every delivered event):
+    /// installing the recorder starts that thread. Nothing else in this crate installs a
+    /// recorder, so ours is the one installed.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn installing_the_recorder_starts_the_metrics_upkeep_thread() {
+        super::metrics_handle();
+        let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .expect("the process's threads")
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect();
+        assert!(
+            threads.iter().any(|name| name == "metrics-upkeep"),
+            "threads: {threads:?}"
+        );
+    }
+}
