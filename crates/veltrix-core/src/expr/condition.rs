@@ -7,14 +7,15 @@
 //! condition in that subset is also kept as a [`Condition`] and evaluated directly on the event.
 //!
 //! The subset: `==` and `!=` between event paths (`.a.b`, `.items[0]`) and literals (strings
-//! without templates, raw strings, integers, floats, booleans, `null`), combined with `&&`, `||`,
-//! `!` and parentheses. Anything else (function calls, variables, metadata, `??`, ordering
-//! comparisons, regexes) leaves the condition to VRL alone.
+//! without templates, raw strings, integers, floats, booleans, `null`), and `exists(.path)`,
+//! combined with `&&`, `||`, `!` and parentheses. Anything else (other function calls,
+//! variables, metadata, `??`, ordering comparisons, regexes) leaves the condition to VRL alone.
 //!
 //! Why it is the same condition: the program is still compiled by VRL first (so every check and
 //! diagnostic is VRL's), a comparison uses VRL's own equality (`eq_lossy`, what its `==` calls)
 //! on the value VRL's query would read (the event's [`EventTarget::get`], `null` when missing),
-//! and `&&`/`||` short-circuit as VRL's do. A property test runs both on the same events.
+//! `exists` asks the event for the path as VRL's `exists` does, and `&&`/`||` short-circuit as
+//! VRL's do. A property test runs both on the same events.
 
 use vrl::compiler::value::VrlValueArithmetic;
 use vrl::parser::ast::{self, Container, Expr, Literal, Opcode, QueryTarget, RootExpr, Unary};
@@ -32,6 +33,8 @@ pub(super) enum Condition {
         rhs: Operand,
         negated: bool,
     },
+    /// `exists(.path)`: whether the event has a value at the path.
+    Exists(Vec<OwnedSegment>),
     And(Box<Condition>, Box<Condition>),
     Or(Box<Condition>, Box<Condition>),
     Not(Box<Condition>),
@@ -87,6 +90,27 @@ impl Condition {
                     )?)))
                 }
             },
+            Expr::FunctionCall(call) => {
+                let call = call.into_inner();
+                if call.ident.inner().as_ref() != "exists"
+                    || call.abort_on_error
+                    || call.closure.is_some()
+                {
+                    return None;
+                }
+                let [argument] = <[_; 1]>::try_from(call.arguments).ok()?;
+                let argument = argument.into_inner();
+                if argument
+                    .ident
+                    .is_some_and(|name| name.inner().as_ref() != "field")
+                {
+                    return None;
+                }
+                match Operand::of(argument.expr.into_inner())? {
+                    Operand::Path(path) => Some(Condition::Exists(path)),
+                    Operand::Literal(_) => None,
+                }
+            }
             Expr::Container(container) => match container.into_inner() {
                 Container::Group(group) => {
                     Condition::of_expr((*group).into_inner().into_inner().into_inner())
@@ -104,6 +128,7 @@ impl Condition {
             Condition::Equal { lhs, rhs, negated } => {
                 lhs.with_value(event, |l| rhs.with_value(event, |r| l.eq_lossy(r))) != *negated
             }
+            Condition::Exists(path) => event.get(path).is_some(),
             Condition::And(a, b) => a.eval(event) && b.eval(event),
             Condition::Or(a, b) => a.eval(event) || b.eval(event),
             Condition::Not(a) => !a.eval(event),
@@ -205,6 +230,11 @@ mod tests {
             Ok(true)
         );
         assert_eq!(check(".x == 1", &event(r#""1""#)), Ok(false));
+        assert_eq!(
+            check("exists(.data.y) && !exists(.nope)", &event("1")),
+            Ok(true)
+        );
+        assert_eq!(check("exists(field: .x[0])", &event("[null]")), Ok(true));
     }
 
     #[test]
@@ -226,13 +256,15 @@ mod tests {
             ".data.n > 1 ?? false",
             r#".type == "{{ .source }}""#,
             r#".(a | b) == "a""#,
+            "exists(%m)",
+            "is_string(.x)",
         ] {
             assert_eq!(Condition::of(source), None, "{source}");
         }
     }
 
-    /// A condition of the subset, as source: comparisons of paths and literals of every kind,
-    /// combined up to a few levels deep.
+    /// A condition of the subset, as source: comparisons of paths and literals of every kind and
+    /// `exists`, combined up to a few levels deep.
     fn condition() -> impl Strategy<Value = String> {
         let operand = proptest::sample::select(
             &[
@@ -242,7 +274,9 @@ mod tests {
         );
         let comparison = (operand.clone(), prop_oneof!["==", "!="], operand)
             .prop_map(|(l, op, r)| format!("{l} {op} {r}"));
-        comparison.prop_recursive(3, 12, 2, |inner| {
+        let exists = proptest::sample::select(&[".x", ".x.y", ".x[0]", ".data.y", ".nope"][..])
+            .prop_map(|path| format!("exists({path})"));
+        prop_oneof![3 => comparison, 1 => exists].prop_recursive(3, 12, 2, |inner| {
             prop_oneof![
                 (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a}) && ({b})")),
                 (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a} || {b}")),
