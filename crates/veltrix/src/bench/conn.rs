@@ -33,6 +33,8 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) struct Target {
     /// `host:port` to connect to.
     address: String,
+    /// The request target in origin form (`/path?query`), as a client sends it to an origin
+    /// server; the host goes in `Host`.
     uri: Uri,
     host: HeaderValue,
     content_type: HeaderValue,
@@ -60,6 +62,11 @@ impl Target {
             authority.host(),
             authority.port_u16().unwrap_or(80)
         );
+        let origin = uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|e| format!("`{url}`: its path is not a request target: {e}"))?;
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|e| format!("`{url}`: its host is not a header value: {e}"))?;
         let authorization = token
@@ -68,7 +75,7 @@ impl Target {
             .map_err(|_| "the token cannot be sent in a header (it has control characters)")?;
         Ok(Target {
             address,
-            uri,
+            uri: origin,
             host,
             content_type: HeaderValue::from_static(content_type),
             authorization,
@@ -186,7 +193,15 @@ mod tests {
         assert_eq!(t.address, "127.0.0.1:8080");
         assert_eq!(t.host, "127.0.0.1:8080");
         assert_eq!(t.uri.path(), "/v1/events");
+        assert_eq!(
+            t.uri, "/v1/events",
+            "origin form: no scheme or host in the request line"
+        );
         assert!(t.authorization.is_none());
+        let t = Target::parse("http://127.0.0.1:8080/in?x=1", "text/plain", None).unwrap();
+        assert_eq!(t.uri, "/in?x=1");
+        let t = Target::parse("http://127.0.0.1:8080", "text/plain", None).unwrap();
+        assert_eq!(t.uri, "/");
         let t = Target::parse("http://localhost/v1/events", "text/plain", Some("s3cret")).unwrap();
         assert_eq!(t.address, "localhost:80");
         assert_eq!(t.authorization.unwrap(), "Bearer s3cret");
