@@ -123,19 +123,22 @@ async fn discard_server_accepts_everything_and_bench_measures_it() {
 }
 
 /// The generator's requests carry the token, the host and the content type on every request of
-/// every connection: a server that accepts only requests with all three accepts them all, and
+/// every connection, with the target in origin form (`/v1/events`, as to an origin server, not
+/// the absolute URL): a server that accepts only such requests accepts them all, and
 /// refuses them all (401, counted by status) when the token is left out.
 #[tokio::test]
 async fn bench_requests_carry_token_host_and_content_type() {
-    use axum::http::{HeaderMap, StatusCode};
+    use axum::http::{HeaderMap, StatusCode, Uri};
     let app = axum::Router::new().route(
         "/v1/events",
-        axum::routing::post(|headers: HeaderMap| async move {
+        axum::routing::post(|uri: Uri, headers: HeaderMap| async move {
             let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
             let host_ok = header("host").is_some_and(|h| h.starts_with("127.0.0.1:"));
             if header("authorization") == Some("Bearer s3cret")
                 && header("content-type") == Some("application/cloudevents+json")
                 && host_ok
+                && uri.scheme().is_none()
+                && uri.authority().is_none()
             {
                 StatusCode::ACCEPTED
             } else {
