@@ -507,15 +507,24 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn installing_the_recorder_starts_the_metrics_upkeep_thread() {
+        let threads = || -> Vec<String> {
+            std::fs::read_dir("/proc/self/task")
+                .expect("the process's threads")
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim().to_owned())
+                .collect()
+        };
         super::metrics_handle();
-        let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
-            .expect("the process's threads")
-            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-            .map(|name| name.trim().to_owned())
-            .collect();
-        assert!(
-            threads.iter().any(|name| name == "metrics-upkeep"),
-            "threads: {threads:?}"
-        );
+        // A new thread names itself once it runs (until then it has its parent's name), so the
+        // name is polled for; the deadline only turns a missing thread into a failure.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !threads().iter().any(|name| name == "metrics-upkeep") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "threads: {:?}",
+                threads()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 }
