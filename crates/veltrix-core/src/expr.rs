@@ -16,7 +16,7 @@
 //! program changed. Code that has an [`Event`] converts it once ([`event_to_value`],
 //! [`value_to_event`]).
 
-mod condition;
+mod direct;
 mod stored;
 
 use std::borrow::Cow;
@@ -34,7 +34,7 @@ pub use vrl::value::Value;
 use vrl::value::kind::Collection;
 use vrl::value::{Kind, ObjectMap, Secrets};
 
-use self::condition::Condition;
+use self::direct::Direct;
 pub use self::stored::StoredEvent;
 use crate::event::{AttrValue, Data, Event, EventRef, ExtensionValue, InvalidEvent};
 
@@ -67,9 +67,9 @@ pub enum RunError {
 pub struct Expr<K> {
     source: String,
     program: Program,
-    /// A filter condition VRL's runtime is not needed for (see [`condition`]); `None` for
-    /// other programs and for conditions outside that subset.
-    condition: Option<Condition>,
+    /// The program, when VRL's runtime is not needed for it (see [`direct`]); `None` for
+    /// programs outside that subset.
+    direct: Option<Direct>,
     warnings: Vec<ExprDiagnostic>,
     kind: std::marker::PhantomData<K>,
 }
@@ -102,7 +102,7 @@ impl<K> Expr<K> {
         Expr {
             source: source.to_owned(),
             program,
-            condition: None,
+            direct: Direct::of(source),
             warnings,
             kind: std::marker::PhantomData,
         }
@@ -116,6 +116,21 @@ impl<K> Expr<K> {
     /// Compile warnings (legal but suspicious code).
     pub fn warnings(&self) -> &[ExprDiagnostic] {
         &self.warnings
+    }
+
+    /// Runs the program on `event`: directly when it can be, else through VRL's runtime.
+    fn resolve(
+        &self,
+        runtime: &mut Runtime,
+        event: &mut dyn EventTarget,
+    ) -> Result<Value, RunError> {
+        match &self.direct {
+            Some(direct) => {
+                let result = direct.run(event);
+                finish(result, event)
+            }
+            None => runtime.resolve(&self.program, event),
+        }
     }
 }
 
@@ -153,9 +168,7 @@ impl Expr<FilterKind> {
                 ),
             }]);
         }
-        let mut filter = Filter::new(source, program, warnings);
-        filter.condition = Condition::of(source);
-        Ok(filter)
+        Ok(Filter::new(source, program, warnings))
     }
 
     /// Whether `event` passes the condition.
@@ -164,14 +177,7 @@ impl Expr<FilterKind> {
         runtime: &mut Runtime,
         event: &mut dyn EventTarget,
     ) -> Result<bool, RunError> {
-        if let Some(condition) = &self.condition {
-            let keep = condition.eval(&*event);
-            return match event.take_error() {
-                Some(error) => Err(RunError::Failed(error)),
-                None => Ok(keep),
-            };
-        }
-        match runtime.resolve(&self.program, event)? {
+        match self.resolve(runtime, event)? {
             Value::Boolean(keep) => Ok(keep),
             // Compile-time checked; a mismatch here is a VRL type-checking bug, not the event's.
             other => Err(RunError::Failed(format!(
@@ -192,7 +198,7 @@ impl Expr<RemapKind> {
     /// Runs the program on `event`, modifying it in place. On error `event` may be partly
     /// modified.
     pub fn run(&self, runtime: &mut Runtime, event: &mut dyn EventTarget) -> Result<(), RunError> {
-        runtime.resolve(&self.program, event).map(drop)
+        self.resolve(runtime, event).map(drop)
     }
 }
 
@@ -210,7 +216,7 @@ impl Expr<ValueKind> {
         runtime: &mut Runtime,
         event: &mut dyn EventTarget,
     ) -> Result<Value, RunError> {
-        runtime.resolve(&self.program, event)
+        self.resolve(runtime, event)
     }
 }
 
@@ -254,15 +260,24 @@ impl Runtime {
             secrets: &mut self.secrets,
         };
         let mut ctx = Context::new(&mut target, &mut self.state, &self.timezone);
-        let result = program.resolve(&mut ctx).map_err(|e| match e {
-            ExpressionError::Abort { message, .. } => RunError::Aborted(message),
-            other => RunError::Failed(other.to_string()),
-        });
-        match event.take_error() {
-            Some(error) => Err(RunError::Failed(error)),
-            None => result,
-        }
+        let result = program.resolve(&mut ctx);
+        finish(result, event)
     }
+}
+
+/// A run's result as the engine sees it: a problem the event recorded while the program ran
+/// wins over the program's own answer (which read `null` where the event had nothing to give).
+fn finish(
+    result: Result<Value, ExpressionError>,
+    event: &mut dyn EventTarget,
+) -> Result<Value, RunError> {
+    if let Some(error) = event.take_error() {
+        return Err(RunError::Failed(error));
+    }
+    result.map_err(|e| match e {
+        ExpressionError::Abort { message, .. } => RunError::Aborted(message),
+        other => RunError::Failed(other.to_string()),
+    })
 }
 
 /// What a program runs on as `.`: an event as one VRL [`Value`], or a [`StoredEvent`] read
