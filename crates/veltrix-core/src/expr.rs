@@ -288,6 +288,11 @@ pub trait EventTarget: fmt::Debug {
     fn get(&self, path: &[OwnedSegment]) -> Option<&Value>;
     /// The top-level attribute `name`, if any (`get` of `.name` without building a path).
     fn attribute(&self, name: &str) -> Option<&Value>;
+    /// Whether the value at `path` is the string `text`, when the target can tell without
+    /// reading the value (a stored string compared as it is in the record); `None`: ask `get`.
+    fn is_text(&self, _path: &[OwnedSegment], _text: &[u8]) -> Option<bool> {
+        None
+    }
     /// Sets the value at `path`, making the containers on the way.
     fn insert(&mut self, path: &[OwnedSegment], value: Value);
     /// Removes the value at `path`; `compact` also removes containers left empty.

@@ -21,7 +21,10 @@
 //! VRL's own arithmetic (`eq_lossy`, `try_mul`, `try_and`, …: what its operators call) on the
 //! value VRL's query would read (the event's [`EventTarget::get`], `null` when missing), errors
 //! are VRL's errors with VRL's messages, operands are evaluated in VRL's order with its
-//! short-circuits, and an assignment inserts through [`EventTarget::insert`] as VRL's does.
+//! short-circuits, and an assignment inserts through [`EventTarget::insert`] as VRL's does. A
+//! path compared with a string literal is first asked of the event as text
+//! ([`EventTarget::is_text`]: a stored string without escapes is its bytes, which is what `==`
+//! compares), so a filter on `.type` builds no value at all.
 //! Property tests run both on the same events and compare results and written events.
 
 use std::borrow::Cow;
@@ -128,6 +131,10 @@ impl Direct {
     /// would give. A value the event cannot give VRL is reported by the event's
     /// [`EventTarget::take_error`], as when VRL runs.
     pub(super) fn run(&self, event: &mut dyn EventTarget) -> Result<Value, ExpressionError> {
+        self.run_boxed(event).map_err(|error| *error)
+    }
+
+    fn run_boxed(&self, event: &mut dyn EventTarget) -> Result<Value, Failed> {
         let (last, first) = self
             .statements
             .split_last()
@@ -166,7 +173,7 @@ impl Statement {
     }
 
     /// Runs the statement; its value only when `wanted` (the program's last statement).
-    fn run(&self, event: &mut dyn EventTarget, wanted: bool) -> Result<Value, ExpressionError> {
+    fn run(&self, event: &mut dyn EventTarget, wanted: bool) -> Result<Value, Failed> {
         let keep = |value: Cow<'_, Value>| {
             if wanted {
                 value.into_owned()
@@ -284,7 +291,7 @@ impl Node {
     }
 
     /// The expression's value on `event`, borrowed where it is a literal or read from the event.
-    fn eval<'s>(&'s self, event: &'s dyn EventTarget) -> Result<Cow<'s, Value>, ExpressionError> {
+    fn eval<'s>(&'s self, event: &'s dyn EventTarget) -> Result<Cow<'s, Value>, Failed> {
         Ok(match self {
             Node::Path(path) => Cow::Borrowed(event.get(path).unwrap_or(&NULL)),
             Node::Literal(value) => Cow::Borrowed(value),
@@ -293,7 +300,7 @@ impl Node {
                 let value = inner.eval(event)?;
                 Cow::Owned(Value::Boolean(!match *value {
                     Value::Boolean(b) => b,
-                    _ => value.into_owned().try_boolean()?,
+                    _ => value.into_owned().try_boolean().map_err(failed)?,
                 }))
             }
             Node::Binary(op, lhs, rhs) => Cow::Owned(op.apply(lhs, rhs, event)?),
@@ -306,14 +313,14 @@ impl Node {
                 let (function, expected, holds) = ASSERTIONS[assertion.function];
                 if !holds(&value) {
                     let (start, end) = assertion.span;
-                    return Err(ExpressionError::Error {
+                    return Err(Box::new(ExpressionError::Error {
                         message: format!(
                             r#"function call error for "{function}" at ({start}:{end}): expected {expected}, got {}"#,
                             value.kind()
                         ),
                         labels: Vec::new(),
                         notes: Vec::new(),
-                    });
+                    }));
                 }
                 value
             }
@@ -323,25 +330,28 @@ impl Node {
 
 impl Binary {
     /// `lhs op rhs` as VRL's operator computes it (its order, short-circuits and arithmetic).
-    fn apply(
-        self,
-        lhs: &Node,
-        rhs: &Node,
-        event: &dyn EventTarget,
-    ) -> Result<Value, ExpressionError> {
+    fn apply(self, lhs: &Node, rhs: &Node, event: &dyn EventTarget) -> Result<Value, Failed> {
+        if matches!(self, Binary::Eq | Binary::Ne)
+            && let Some(equal) = text_equal(lhs, rhs, event)
+        {
+            return Ok(Value::Boolean(equal == (self == Binary::Eq)));
+        }
         let l = lhs.eval(event)?;
         match self {
             Binary::And => {
                 return match *l {
                     Value::Null | Value::Boolean(false) => Ok(Value::Boolean(false)),
-                    _ => Ok(l.into_owned().try_and(rhs.eval(event)?.into_owned())?),
+                    _ => l
+                        .into_owned()
+                        .try_and(rhs.eval(event)?.into_owned())
+                        .map_err(failed),
                 };
             }
             Binary::Or => {
                 return match *l {
                     Value::Null | Value::Boolean(false) => match rhs.eval(event) {
                         Ok(r) => Ok(r.into_owned()),
-                        Err(error) => Err(ValueError::Or(error).into()),
+                        Err(error) => Err(failed(ValueError::Or(*error))),
                     },
                     _ => Ok(l.into_owned()),
                 };
@@ -354,7 +364,7 @@ impl Binary {
             Binary::Ne => return Ok(Value::Boolean(!l.eq_lossy(&r))),
             _ => (l.into_owned(), r.into_owned()),
         };
-        Ok(match self {
+        match self {
             Binary::Lt => l.try_lt(r),
             Binary::Le => l.try_le(r),
             Binary::Gt => l.try_gt(r),
@@ -364,8 +374,29 @@ impl Binary {
             Binary::Mul => l.try_mul(r),
             Binary::Div => l.try_div(r),
             Binary::Eq | Binary::Ne | Binary::And | Binary::Or => unreachable!("handled above"),
-        }?)
+        }
+        .map_err(failed)
     }
+}
+
+/// `lhs == rhs` for a path and a string literal, when the event can answer it without reading
+/// the value (`eq_lossy` of two strings compares their bytes; reading a path has no effect a
+/// string could have); `None` otherwise.
+fn text_equal(lhs: &Node, rhs: &Node, event: &dyn EventTarget) -> Option<bool> {
+    match (lhs, rhs) {
+        (Node::Path(path), Node::Literal(literal)) | (Node::Literal(literal), Node::Path(path)) => {
+            event.is_text(path, literal.as_bytes()?)
+        }
+        _ => None,
+    }
+}
+
+/// VRL's error of a failed expression, boxed: results pass through every node of a program, and
+/// the error is large while failures are rare (and mostly caught by `??`).
+type Failed = Box<ExpressionError>;
+
+fn failed(error: ValueError) -> Failed {
+    Box::new(error.into())
 }
 
 #[cfg(test)]

@@ -5,19 +5,21 @@
 //! removed) and either a VRL value (once a program reads or writes it whole) or a nested lazy
 //! object of its own (a member object: scanned in the same pass one level deep — `data` — or
 //! deeper ones when a program reaches into them, `.data.items.x`); members a program adds live
-//! in `added`. A program that reads or replaces an object as a whole
+//! in `added`, a list sorted by name. A program that reads or replaces an object as a whole
 //! (`. = merge(., …)`, `encode_json(.data)`) turns that object into one VRL value (`whole`),
-//! from then on the truth. Spans are offsets, not references, so member lists hold no borrow
-//! and are recycled through a small per-thread pool instead of being allocated per event.
+//! from then on the truth. Spans are offsets, not references, so member lists hold no borrow;
+//! they and the added lists are recycled through small per-thread pools instead of being
+//! allocated per event.
 //!
 //! Invariants: every name appears once and is valid UTF-8 (a record with a repeated or escaped
-//! name is not read this way); `added` holds no name of a member that is not removed; a member
+//! name is not read this way); `added` is sorted by name, holds each name once and no name of a
+//! member that is not removed; a member
 //! has a value or a nested object, never both; once `whole` is set, members and `added` are not
 //! consulted again; a nested object's spans are relative to its member's raw text.
 //!
-//! Limits: objects up to `u32::MAX` bytes (larger records take the validating path); the pool
+//! Limits: objects up to `u32::MAX` bytes (larger records take the validating path); each pool
 //! keeps at most [`SPARE_LISTS_MAX`] lists per thread of at most [`SPARE_LIST_CAPACITY_MAX`]
-//! members each.
+//! items each.
 //!
 //! Why: a filter on `.type` reads one string instead of the whole event; a remap that sets
 //! `.data.total` from `.data.amount` parses those two members, and the event is written back by
@@ -27,11 +29,12 @@
 
 use std::borrow::Cow;
 use std::cell::{OnceCell, RefCell};
+use std::thread::LocalKey;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use vrl::path::OwnedSegment;
-use vrl::value::{ObjectMap, Value};
+use vrl::value::{KeyString, ObjectMap, Value};
 
 use super::{EventTarget, attr_of_value, value_to_event_ref};
 use crate::event::{AttrValue, Event, EventRef, InvalidEvent, SPEC_VERSION};
@@ -64,7 +67,7 @@ struct Lazy {
     /// Whether the text has no whitespace between its tokens (outside member values): then
     /// unchanged stretches can be copied as they are.
     compact: bool,
-    added: ObjectMap,
+    added: Added,
     whole: OnceCell<Box<Value>>,
     /// Whether anything was written or removed (reads do not count).
     changed: bool,
@@ -152,32 +155,36 @@ enum State {
     Removed,
 }
 
-/// Member lists kept per thread for the next event (an event's lists go back when it drops).
+/// Lists kept per thread for the next event, per kind (an event's lists go back when it drops).
 const SPARE_LISTS_MAX: usize = 32;
 /// Longer lists (events with many extensions) are freed rather than kept.
 const SPARE_LIST_CAPACITY_MAX: usize = 64;
 
 thread_local! {
-    static SPARE_LISTS: RefCell<Vec<Vec<Member>>> = const { RefCell::new(Vec::new()) };
+    static SPARE_MEMBERS: RefCell<Vec<Vec<Member>>> = const { RefCell::new(Vec::new()) };
+    static SPARE_ADDED: RefCell<Vec<Vec<(KeyString, Value)>>> = const { RefCell::new(Vec::new()) };
 }
 
-fn member_list() -> Vec<Member> {
-    SPARE_LISTS
+type Spare<T> = LocalKey<RefCell<Vec<Vec<T>>>>;
+
+/// A list from `spare`, or a new one with room for `capacity` items.
+fn spare_list<T>(spare: &'static Spare<T>, capacity: usize) -> Vec<T> {
+    spare
         .try_with(|spare| spare.borrow_mut().pop())
         .ok()
         .flatten()
-        // Room for a typical event's attributes (extensions grow it).
-        .unwrap_or_else(|| Vec::with_capacity(8))
+        .unwrap_or_else(|| Vec::with_capacity(capacity))
 }
 
-fn recycle(mut list: Vec<Member>) {
+/// Gives `list` back to `spare` (emptied), unless that is full or the list is too long.
+fn recycle<T>(spare: &'static Spare<T>, mut list: Vec<T>) {
     // Cleared before the pool is borrowed: dropping members recycles their nested lists.
     list.clear();
     if list.capacity() == 0 || list.capacity() > SPARE_LIST_CAPACITY_MAX {
         return;
     }
     // A thread being torn down has no pool left: the list is freed.
-    let _ = SPARE_LISTS.try_with(|spare| {
+    let _ = spare.try_with(|spare| {
         let mut spare = spare.borrow_mut();
         if spare.len() < SPARE_LISTS_MAX {
             spare.push(list);
@@ -185,9 +192,89 @@ fn recycle(mut list: Vec<Member>) {
     });
 }
 
+fn member_list() -> Vec<Member> {
+    // Room for a typical event's attributes (extensions grow it).
+    spare_list(&SPARE_MEMBERS, 8)
+}
+
+/// The members a program added to an object, sorted by name as VRL's object map keeps them (so
+/// an event is written alike either way); a list from the per-thread pool once it has one.
+#[derive(Debug, Default)]
+struct Added(Vec<(KeyString, Value)>);
+
+impl Added {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(key, _)| key.as_str().cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.find(name).ok().map(|i| &self.0[i].1)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&KeyString, &Value)> {
+        self.0.iter().map(|(name, value)| (name, value))
+    }
+
+    fn to_object(&self) -> ObjectMap {
+        self.0.iter().cloned().collect()
+    }
+
+    /// Sets the value at `rest` inside member `name`, adding the member (as VRL's `insert` on
+    /// the object would: a new member starts as `null` and gets the containers `rest` needs).
+    fn insert(&mut self, name: &KeyString, rest: &[OwnedSegment], value: Value) {
+        let i = match self.find(name) {
+            Ok(i) => i,
+            Err(i) => {
+                if self.0.capacity() == 0 {
+                    self.0 = spare_list(&SPARE_ADDED, 4);
+                }
+                self.0.insert(i, (name.clone(), Value::Null));
+                i
+            }
+        };
+        self.0[i].1.insert(rest, value);
+    }
+
+    /// Removes the value at `rest` inside member `name` (the member itself when `rest` is
+    /// empty); `compact` also removes the member if that leaves it an empty container.
+    fn remove(&mut self, name: &str, rest: &[OwnedSegment], compact: bool) -> Option<Value> {
+        let i = self.find(name).ok()?;
+        if rest.is_empty() {
+            return Some(self.0.remove(i).1);
+        }
+        let (removed, emptied) = remove_inside(&mut self.0[i].1, rest, compact)?;
+        if compact && emptied {
+            self.0.remove(i);
+        }
+        Some(removed)
+    }
+}
+
+impl Drop for Added {
+    fn drop(&mut self) {
+        recycle(&SPARE_ADDED, std::mem::take(&mut self.0));
+    }
+}
+
+/// Removes the value at `path` (not empty) inside `value`; with whether `value` is left an
+/// empty container.
+fn remove_inside(value: &mut Value, path: &[OwnedSegment], compact: bool) -> Option<(Value, bool)> {
+    let removed = value.remove(path, compact)?;
+    let emptied = match value {
+        Value::Object(map) => map.is_empty(),
+        Value::Array(array) => array.is_empty(),
+        _ => false,
+    };
+    Some((removed, emptied))
+}
+
 impl Drop for Lazy {
     fn drop(&mut self) {
-        recycle(std::mem::take(&mut self.members));
+        recycle(&SPARE_MEMBERS, std::mem::take(&mut self.members));
     }
 }
 
@@ -328,6 +415,10 @@ impl EventTarget for StoredEvent<'_> {
         self.root.attribute(self.record, name, &self.cx)
     }
 
+    fn is_text(&self, path: &[OwnedSegment], text: &[u8]) -> Option<bool> {
+        self.root.is_text(self.record, path, text)
+    }
+
     fn insert(&mut self, path: &[OwnedSegment], value: Value) {
         self.root.insert(self.record, path, value, &self.cx);
     }
@@ -359,13 +450,13 @@ impl Lazy {
                     members,
                     close,
                     compact,
-                    added: ObjectMap::new(),
+                    added: Added::default(),
                     whole: OnceCell::new(),
                     changed: false,
                 },
             )),
             None => {
-                recycle(members);
+                recycle(&SPARE_MEMBERS, members);
                 None
             }
         }
@@ -388,7 +479,7 @@ impl Lazy {
     }
 
     fn build_whole(&self, text: &[u8], cx: &Cx<'_>) -> Option<Value> {
-        let mut object = self.added.clone();
+        let mut object = self.added.to_object();
         for (i, member) in self.members.iter().enumerate() {
             if member.state != State::Removed {
                 let value = self.member_value(text, i, cx)?.clone();
@@ -477,6 +568,31 @@ impl Lazy {
         self.whole(text, cx)?.get(path)
     }
 
+    /// Whether the stored, unread string at `path` is `s`, compared as it is in the record; `None`
+    /// when that cannot tell (not a stored member, already read, not a string, or a string with
+    /// escapes or bytes that are not ASCII, which only reading decodes and checks).
+    fn is_text(&self, text: &[u8], path: &[OwnedSegment], s: &[u8]) -> Option<bool> {
+        let (OwnedSegment::Field(name), rest) = path.split_first()? else {
+            return None;
+        };
+        if self.whole.get().is_some() {
+            return None;
+        }
+        let member = &self.members[self.position(text, name)?];
+        if member.state != State::Stored {
+            return None;
+        }
+        let raw = member.raw.of(text);
+        match member.touched.get() {
+            Some(Touched::Nested(nested)) if !rest.is_empty() => nested.is_text(raw, rest, s),
+            None if rest.is_empty() => {
+                let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+                (inner.is_ascii() && !inner.contains(&b'\\')).then(|| inner == s)
+            }
+            _ => None,
+        }
+    }
+
     /// Member `i`, readied to be written inside: its nested object (with its text) if it has
     /// one (or is a stored object not yet read whole), else its value.
     fn member_mut<'t>(&mut self, text: &'t [u8], i: usize, cx: &Cx<'_>) -> Option<Inside<'_, 't>> {
@@ -520,11 +636,7 @@ impl Lazy {
                 },
                 None => {
                     self.changed = true;
-                    let mut added = Value::Object(std::mem::take(&mut self.added));
-                    added.insert(path, value);
-                    if let Value::Object(map) = added {
-                        self.added = map;
-                    }
+                    self.added.insert(name, rest, value);
                 }
             }
             return;
@@ -546,11 +658,7 @@ impl Lazy {
         {
             let rest = &path[1..];
             let Some(i) = self.position(text, name) else {
-                let mut added = Value::Object(std::mem::take(&mut self.added));
-                let removed = added.remove(path, compact);
-                if let Value::Object(map) = added {
-                    self.added = map;
-                }
+                let removed = self.added.remove(name, rest, compact);
                 if removed.is_some() {
                     self.changed = true;
                 }
@@ -567,15 +675,7 @@ impl Lazy {
                     let removed = nested.remove(raw, rest, compact, cx)?;
                     (removed, nested.is_empty())
                 }
-                Inside::Value(member) => {
-                    let removed = member.remove(rest, compact)?;
-                    let emptied = match member {
-                        Value::Object(map) => map.is_empty(),
-                        Value::Array(array) => array.is_empty(),
-                        _ => false,
-                    };
-                    (removed, emptied)
-                }
+                Inside::Value(member) => remove_inside(member, rest, compact)?,
             };
             if compact && emptied {
                 self.members[i].state = State::Removed;
@@ -625,7 +725,7 @@ impl Lazy {
             let close = self.close as usize;
             out.extend_from_slice(&text[copied..close]);
             let mut first = self.members.is_empty();
-            for (name, value) in &self.added {
+            for (name, value) in self.added.iter() {
                 if !std::mem::take(&mut first) {
                     out.push(b',');
                 }
@@ -655,7 +755,7 @@ impl Lazy {
                 _ => out.extend_from_slice(member.raw.of(text)),
             }
         }
-        for (name, value) in &self.added {
+        for (name, value) in self.added.iter() {
             separate(out);
             write_member(out, name, value);
         }
@@ -1108,7 +1208,7 @@ mod tests {
     }
 
     fn spare_lists() -> usize {
-        SPARE_LISTS.with(|spare| spare.borrow().len())
+        SPARE_MEMBERS.with(|spare| spare.borrow().len())
     }
 
     #[test]
