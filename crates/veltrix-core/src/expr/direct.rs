@@ -309,22 +309,40 @@ impl Node {
                 Err(_) => rhs.eval(event)?,
             },
             Node::Assert(assertion, inner) => {
-                let value = inner.eval(event)?;
-                let (function, expected, holds) = ASSERTIONS[assertion.function];
+                let value = inner.eval(event).map_err(|error| assertion.wrap(error))?;
+                let (_, expected, holds) = ASSERTIONS[assertion.function];
                 if !holds(&value) {
-                    let (start, end) = assertion.span;
-                    return Err(Box::new(ExpressionError::Error {
-                        message: format!(
-                            r#"function call error for "{function}" at ({start}:{end}): expected {expected}, got {}"#,
-                            value.kind()
-                        ),
-                        labels: Vec::new(),
-                        notes: Vec::new(),
-                    }));
+                    let message = format!("expected {expected}, got {}", value.kind());
+                    return Err(assertion.wrap(Box::new(ExpressionError::from(message))));
                 }
                 value
             }
         })
+    }
+}
+
+impl Assertion {
+    /// An error inside the call (its argument's or its own) as VRL's function call reports it:
+    /// prefixed with the function and where the call is.
+    fn wrap(&self, error: Failed) -> Failed {
+        match *error {
+            ExpressionError::Error {
+                message,
+                labels,
+                notes,
+            } => {
+                let (start, end) = self.span;
+                let function = ASSERTIONS[self.function].0;
+                Box::new(ExpressionError::Error {
+                    message: format!(
+                        r#"function call error for "{function}" at ({start}:{end}): {message}"#
+                    ),
+                    labels,
+                    notes,
+                })
+            }
+            other => Box::new(other),
+        }
     }
 }
 
@@ -566,6 +584,15 @@ mod tests {
             check_remap(".data.half = .x / 2 ?? 0; .flag = .data.half > 1", &record).unwrap();
         assert!(written.contains(r#""half":1.5"#), "{written}");
         assert!(written.contains(r#""flag":true"#), "{written}");
+        // An error inside a call's argument is reported as the call's, as VRL does.
+        let (result, _) = check_remap(".new = bool(true && .type)", &record).unwrap();
+        let Err(RunError::Failed(message)) = result else {
+            panic!("`&&` on a string fails: {result:?}");
+        };
+        assert!(
+            message.starts_with(r#"function call error for "bool""#),
+            "{message}"
+        );
         let (_, written) = check_remap(
             ".data.a = .data.n >= 2 ?? false; .data.b = .data.n <= 2 ?? false\n\
              .data.c = .data.n > 2 ?? true; .data.d = .data.n < 2 ?? true",

@@ -215,8 +215,8 @@ impl Added {
         self.0.is_empty()
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&KeyString, &Value)> {
-        self.0.iter().map(|(name, value)| (name, value))
+    fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(name, value)| (name.as_str(), value))
     }
 
     fn to_object(&self) -> ObjectMap {
@@ -225,18 +225,23 @@ impl Added {
 
     /// Sets the value at `rest` inside member `name`, adding the member (as VRL's `insert` on
     /// the object would: a new member starts as `null` and gets the containers `rest` needs).
-    fn insert(&mut self, name: &KeyString, rest: &[OwnedSegment], value: Value) {
+    fn insert(&mut self, name: &str, rest: &[OwnedSegment], value: Value) {
         let i = match self.find(name) {
             Ok(i) => i,
             Err(i) => {
                 if self.0.capacity() == 0 {
                     self.0 = spare_list(&SPARE_ADDED, 4);
                 }
-                self.0.insert(i, (name.clone(), Value::Null));
+                self.0.insert(i, (name.into(), Value::Null));
                 i
             }
         };
-        self.0[i].1.insert(rest, value);
+        match rest {
+            [] => self.0[i].1 = value,
+            _ => {
+                self.0[i].1.insert(rest, value);
+            }
+        }
     }
 
     /// Removes the value at `rest` inside member `name` (the member itself when `rest` is
@@ -397,7 +402,7 @@ impl<'a> StoredEvent<'a> {
         let added = root
             .added
             .iter()
-            .map(|(name, value)| (name.as_str(), attr_of_value(name, value)));
+            .map(|(name, value)| (name, attr_of_value(name, value)));
         let event = EventRef::from_attributes(stored.chain(added));
         match problem {
             Some(message) => Err(InvalidEvent { message }),
@@ -814,8 +819,16 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
 }
 
 fn write_member(out: &mut Vec<u8>, name: &str, value: &Value) {
-    serde_json::to_writer(&mut *out, name).expect("a string serializes to JSON");
-    out.push(b':');
+    // Names rarely need escapes (a quote, a backslash or a control character): then they are
+    // written as they are, without a serializer.
+    if name.bytes().all(|c| c >= b' ' && c != b'"' && c != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+    } else {
+        serde_json::to_writer(&mut *out, name).expect("a string serializes to JSON");
+        out.push(b':');
+    }
     write_value(out, value);
 }
 
@@ -1238,6 +1251,23 @@ mod tests {
             std::str::from_utf8(&out).unwrap(),
             r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","ext":true,"data":{"amount":21,"note":"a\"b","total":21}}"#
         );
+    }
+
+    #[test]
+    fn added_names_are_escaped_when_they_need_it() {
+        let record = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{}}"#;
+        let mut event = StoredEvent::read(record).unwrap();
+        let names = ["q\"uote", "back\\slash", "tab\t", "plain", "é"];
+        for (i, name) in names.iter().enumerate() {
+            event.insert(&[field("data"), field(name)], Value::Integer(i as i64));
+        }
+        let mut out = Vec::new();
+        event.to_json_bytes(&mut out).unwrap();
+        let written: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(written["data"][*name], i, "{name} in {written}");
+        }
+        assert_eq!(written["data"].as_object().unwrap().len(), names.len());
     }
 
     #[test]
