@@ -309,11 +309,11 @@ impl Node {
                 Err(_) => rhs.eval(event)?,
             },
             Node::Assert(assertion, inner) => {
-                let value = inner.eval(event).map_err(|error| assertion.wrap(error))?;
+                let value = inner.eval(event).map_err(|error| assertion.wrap(*error))?;
                 let (_, expected, holds) = ASSERTIONS[assertion.function];
                 if !holds(&value) {
                     let message = format!("expected {expected}, got {}", value.kind());
-                    return Err(assertion.wrap(Box::new(ExpressionError::from(message))));
+                    return Err(assertion.wrap(ExpressionError::from(message)));
                 }
                 value
             }
@@ -324,8 +324,8 @@ impl Node {
 impl Assertion {
     /// An error inside the call (its argument's or its own) as VRL's function call reports it:
     /// prefixed with the function and where the call is.
-    fn wrap(&self, error: Failed) -> Failed {
-        match *error {
+    fn wrap(&self, error: ExpressionError) -> Failed {
+        match error {
             ExpressionError::Error {
                 message,
                 labels,
