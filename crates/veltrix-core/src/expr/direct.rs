@@ -422,19 +422,24 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::expr::{Filter, Remap, RunError, Runtime, StoredEvent};
+    use crate::expr::{Expr, Filter, Remap, RunError, Runtime, StoredEvent};
+
+    /// A compiled program of the subset both ways: evaluated directly, and through VRL's runtime.
+    fn both_ways<K: Clone>(direct: Expr<K>, source: &str) -> [Expr<K>; 2] {
+        assert!(direct.direct.is_some(), "{source} is in the subset");
+        let mut through_vrl = direct.clone();
+        through_vrl.direct = None;
+        [direct, through_vrl]
+    }
 
     /// Runs `source` on `record` (a JSON object) both ways — directly and through VRL's runtime —
     /// on the event as one VRL value (when VRL can read it as one) and as a stored record, and
     /// returns the one answer all of them give.
     fn check(source: &str, record: &str) -> Result<bool, RunError> {
-        let direct = Filter::compile(source).unwrap_or_else(|e| panic!("{source}: {e:?}"));
-        assert!(direct.direct.is_some(), "{source} is in the subset");
-        let mut through_vrl = direct.clone();
-        through_vrl.direct = None;
+        let filter = Filter::compile(source).unwrap_or_else(|e| panic!("{source}: {e:?}"));
         let mut rt = Runtime::new();
         let mut answers = Vec::new();
-        for filter in [&direct, &through_vrl] {
+        for filter in &both_ways(filter, source) {
             if let Ok(mut value) = serde_json::from_str::<Value>(record) {
                 answers.push(("value", filter.run(&mut rt, &mut value)));
             }
@@ -520,13 +525,10 @@ mod tests {
     /// can read it as one) and as a stored record, and returns the one outcome all of them give:
     /// the run's result and the event written afterwards. `None` when VRL does not compile it.
     fn check_remap(source: &str, record: &str) -> Option<(Result<(), RunError>, String)> {
-        let direct = Remap::compile(source).ok()?;
-        assert!(direct.direct.is_some(), "{source} is in the subset");
-        let mut through_vrl = direct.clone();
-        through_vrl.direct = None;
+        let remap = Remap::compile(source).ok()?;
         let mut rt = Runtime::new();
         let mut outcomes = Vec::new();
-        for remap in [&direct, &through_vrl] {
+        for remap in &both_ways(remap, source) {
             if let Ok(mut value) = serde_json::from_str::<Value>(record) {
                 let result = remap.run(&mut rt, &mut value);
                 let written = serde_json::to_string(&value).expect("a value serializes");
