@@ -118,15 +118,17 @@ impl<K> Expr<K> {
         &self.warnings
     }
 
-    /// Runs the program on `event`: directly when it can be, else through VRL's runtime.
+    /// Runs the program on `event`: directly when it can be, else through VRL's runtime. Without
+    /// `value_wanted` the direct run may answer `null` instead of the program's value.
     fn resolve(
         &self,
         runtime: &mut Runtime,
         event: &mut dyn EventTarget,
+        value_wanted: bool,
     ) -> Result<Value, RunError> {
         match &self.direct {
             Some(direct) => {
-                let result = direct.run(event);
+                let result = direct.run(event, value_wanted);
                 finish(result, event)
             }
             None => runtime.resolve(&self.program, event),
@@ -177,7 +179,7 @@ impl Expr<FilterKind> {
         runtime: &mut Runtime,
         event: &mut dyn EventTarget,
     ) -> Result<bool, RunError> {
-        match self.resolve(runtime, event)? {
+        match self.resolve(runtime, event, true)? {
             Value::Boolean(keep) => Ok(keep),
             // Compile-time checked; a mismatch here is a VRL type-checking bug, not the event's.
             other => Err(RunError::Failed(format!(
@@ -198,7 +200,7 @@ impl Expr<RemapKind> {
     /// Runs the program on `event`, modifying it in place. On error `event` may be partly
     /// modified.
     pub fn run(&self, runtime: &mut Runtime, event: &mut dyn EventTarget) -> Result<(), RunError> {
-        self.resolve(runtime, event).map(drop)
+        self.resolve(runtime, event, false).map(drop)
     }
 }
 
@@ -216,7 +218,7 @@ impl Expr<ValueKind> {
         runtime: &mut Runtime,
         event: &mut dyn EventTarget,
     ) -> Result<Value, RunError> {
-        self.resolve(runtime, event)
+        self.resolve(runtime, event, true)
     }
 }
 

@@ -127,14 +127,19 @@ impl Direct {
         (!statements.is_empty()).then_some(Direct { statements })
     }
 
-    /// Runs the program on `event`: the value of its last statement, or the error VRL's runtime
-    /// would give. A value the event cannot give VRL is reported by the event's
-    /// [`EventTarget::take_error`], as when VRL runs.
-    pub(super) fn run(&self, event: &mut dyn EventTarget) -> Result<Value, ExpressionError> {
-        self.run_boxed(event).map_err(|error| *error)
+    /// Runs the program on `event`: the value of its last statement (`null` unless
+    /// `value_wanted`: a remap's value is dropped, so an assigned value is not cloned for it), or
+    /// the error VRL's runtime would give. A value the event cannot give VRL is reported by the
+    /// event's [`EventTarget::take_error`], as when VRL runs.
+    pub(super) fn run(
+        &self,
+        event: &mut dyn EventTarget,
+        value_wanted: bool,
+    ) -> Result<Value, ExpressionError> {
+        self.run_boxed(event, value_wanted).map_err(|error| *error)
     }
 
-    fn run_boxed(&self, event: &mut dyn EventTarget) -> Result<Value, Failed> {
+    fn run_boxed(&self, event: &mut dyn EventTarget, value_wanted: bool) -> Result<Value, Failed> {
         let (last, first) = self
             .statements
             .split_last()
@@ -142,7 +147,7 @@ impl Direct {
         for statement in first {
             statement.run(event, false)?;
         }
-        last.run(event, true)
+        last.run(event, value_wanted)
     }
 }
 
@@ -172,7 +177,8 @@ impl Statement {
             .flatten()
     }
 
-    /// Runs the statement; its value only when `wanted` (the program's last statement).
+    /// Runs the statement; its value only when `wanted` (the program's last statement, when its
+    /// caller uses the value).
     fn run(&self, event: &mut dyn EventTarget, wanted: bool) -> Result<Value, Failed> {
         let keep = |value: Cow<'_, Value>| {
             if wanted {
