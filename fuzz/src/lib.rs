@@ -6,4 +6,5 @@
 pub mod config;
 pub mod decode_body;
 pub mod log_segment;
+pub mod member_index;
 pub mod vrl_compile;

@@ -26,6 +26,8 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::member_index;
+
 /// The only CloudEvents `specversion` Veltrix accepts.
 pub const SPEC_VERSION: &str = "1.0";
 
@@ -348,42 +350,56 @@ impl<'a> EventRef<'a> {
     /// Appends this event as compact structured-mode JSON: the same bytes as
     /// [`Event::to_json_bytes`] of [`EventRef::into_owned`].
     pub fn to_json_bytes(&self, out: &mut Vec<u8>) {
+        self.write_json(&mut Members { out, index: None });
+    }
+
+    /// [`EventRef::to_json_bytes`], also writing the object's member index into `index` (see
+    /// [`crate::member_index`]): the index, or `None` for an event beyond the index's limits.
+    pub fn to_json_indexed<'i>(
+        &self,
+        out: &mut Vec<u8>,
+        index: &'i mut Vec<u8>,
+    ) -> Option<&'i [u8]> {
+        let mut builder = member_index::Builder::new(index);
+        self.write_json(&mut Members {
+            out,
+            index: Some(&mut builder),
+        });
+        builder.finish()
+    }
+
+    fn write_json(&self, m: &mut Members<'_, '_, '_>) {
         let [id, source, ty] = &self.required;
-        out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
-        write_json_str(out, id);
-        out.extend_from_slice(b",\"source\":");
-        write_json_str(out, source);
-        out.extend_from_slice(b",\"type\":");
-        write_json_str(out, ty);
+        m.out.extend_from_slice(b"{\"specversion\":\"1.0\"");
+        if let Some(index) = &mut m.index {
+            index.member("specversion".len(), "\"1.0\"".len());
+        }
+        m.member("id", |out| write_json_str(out, id));
+        m.member("source", |out| write_json_str(out, source));
+        m.member("type", |out| write_json_str(out, ty));
         let names = ["time", "subject", "datacontenttype", "dataschema"];
         for (name, value) in names.into_iter().zip(&self.optional) {
             if let Some(value) = value {
-                write_key(out, name);
-                write_json_str(out, value);
+                m.member(name, |out| write_json_str(out, value));
             }
         }
         for (name, value) in &self.extensions {
-            write_key(out, name);
-            match value {
+            m.member(name, |out| match value {
                 ExtensionRef::String(s) => write_json_str(out, s),
                 ExtensionRef::Boolean(b) => {
                     out.extend_from_slice(if *b { b"true" } else { b"false" })
                 }
                 ExtensionRef::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
-            }
+            });
         }
         match &self.data {
             Some(DataRef::Json(raw)) => {
-                write_key(out, "data");
-                out.extend_from_slice(raw.get().as_bytes());
+                m.member("data", |out| out.extend_from_slice(raw.get().as_bytes()));
             }
-            Some(DataRef::Base64(b64)) => {
-                write_key(out, "data_base64");
-                write_json_str(out, b64);
-            }
+            Some(DataRef::Base64(b64)) => m.member("data_base64", |out| write_json_str(out, b64)),
             None => {}
         }
-        out.push(b'}');
+        m.out.push(b'}');
     }
 
     /// The owned [`Event`].
@@ -447,6 +463,26 @@ impl<'a> From<&'a Event> for EventRef<'a> {
                 Data::Json(raw) => DataRef::Json(Cow::Borrowed(&**raw)),
                 Data::Base64(b64) => DataRef::Base64(Cow::Borrowed(b64.as_str())),
             }),
+        }
+    }
+}
+
+/// The canonical writer's members after the first: each written as `,"name":value`, with its
+/// lengths recorded in the member index when one is being built.
+struct Members<'o, 'b, 'i> {
+    out: &'o mut Vec<u8>,
+    index: Option<&'b mut member_index::Builder<'i>>,
+}
+
+impl Members<'_, '_, '_> {
+    /// Writes member `name` (a name that needs no escape: attribute and extension names never
+    /// do) with the value `value` writes.
+    fn member(&mut self, name: &str, value: impl FnOnce(&mut Vec<u8>)) {
+        write_key(self.out, name);
+        let start = self.out.len();
+        value(self.out);
+        if let Some(index) = &mut self.index {
+            index.member(name.len(), self.out.len() - start);
         }
     }
 }

@@ -16,3 +16,4 @@
 pub mod config;
 pub mod event;
 pub mod expr;
+pub mod member_index;

@@ -35,10 +35,9 @@ pub fn encode_request(
         .map_err(|unroutable| format!("{} unroutable event(s)", unroutable.len()))
 }
 
-/// Starts a stored record accepted at `accepted_at` and appends `event` to it, as ingest does.
+/// Appends the stored record of `event` accepted at `accepted_at`, as ingest writes it.
 pub fn store(event: &event::Event, accepted_at: u64, out: &mut Vec<u8>) {
-    record::begin(out, accepted_at);
-    event.to_json_bytes(out);
+    record::write_event(out, accepted_at, &event.into(), &mut Vec::new());
 }
 
 /// A pipeline's processor chain with a worker's scratch space (VRL runtime included).
@@ -69,10 +68,11 @@ impl Pipeline {
     /// delivered NDJSON line to `out` (the first sink's part). `Ok(true)`: emitted;
     /// `Ok(false)`: dropped; `Err`: the event would be dead-lettered, with why.
     pub fn apply(&mut self, stored: &Bytes, out: &mut Vec<u8>) -> Result<bool, String> {
-        let (_, body) = record::split(stored);
+        let parts = record::parts(stored);
         let input = Input {
             owner: Some(stored),
-            body,
+            body: parts.body,
+            members: parts.members,
             index: 0,
             ack: None,
         };

@@ -413,7 +413,7 @@ impl QueueRecords {
 }
 
 /// The pure middle of ingest: routes every decoded event and encodes it in stored form
-/// (`record::begin` + compact JSON) into its queue's records. All or nothing: `Err` names every
+/// (`record::write_event`: prefix, compact JSON, member index) into its queue's records. All or nothing: `Err` names every
 /// event no queue takes.
 pub(crate) fn store_routed(
     events: &[event::EventRef<'_>],
@@ -439,8 +439,8 @@ pub(crate) fn store_routed(
     if !unroutable.is_empty() {
         return Err(unroutable);
     }
-    // Stored records are about as long as the events were in the body, plus the prefix: size
-    // each queue's buffer from its share so it is allocated once.
+    // Stored records are about as long as the events were in the body, plus the prefix and the
+    // member index: size each queue's buffer from its share so it is allocated once.
     let per_event = events.iter().map(stored_estimate).sum::<usize>() / events.len().max(1);
     let mut per_queue: Vec<QueueRecords> = counts
         .iter()
@@ -449,10 +449,10 @@ pub(crate) fn store_routed(
             ends: Vec::with_capacity(n),
         })
         .collect();
+    let mut index = Vec::new();
     for (event, queue) in events.iter().zip(routes) {
         let records = &mut per_queue[queue];
-        record::begin(&mut records.buf, accepted_at);
-        event.to_json_bytes(&mut records.buf);
+        record::write_event(&mut records.buf, accepted_at, event, &mut index);
         records.ends.push(records.buf.len());
     }
     Ok(per_queue)
@@ -461,7 +461,8 @@ pub(crate) fn store_routed(
 /// About how many bytes `event` takes in stored form (a lower bound plus slack; only sizes
 /// buffers).
 fn stored_estimate(event: &event::EventRef<'_>) -> usize {
-    8 + 64 + event.id().len() + event.source().len() + event.ty().len() + event.data_len()
+    // Prefix, names and quotes, member index (two or three bytes per member).
+    8 + 64 + 24 + event.id().len() + event.source().len() + event.ty().len() + event.data_len()
 }
 
 /// Events of one call: how many were stored, and how many a `drop_*` queue discarded.

@@ -537,10 +537,11 @@ fn process(
         .get_or_insert_with(tokio::time::Instant::now);
     for r in records {
         let index = u32::try_from(pending.records.len()).expect("a pending batch is bounded");
-        let (_, body) = record::split(&r.payload);
+        let parts = record::parts(&r.payload);
         let chain_input = ChainInput {
             owner: Some(&r.payload),
-            body,
+            body: parts.body,
+            members: parts.members,
             index,
             ack: Some(HeldAck {
                 input,

@@ -250,13 +250,18 @@ fn process(
     event: &Event,
 ) -> Vec<EventOutcome> {
     let mut stored = Vec::new();
-    record::begin(&mut stored, record::now_micros());
-    event.to_json_bytes(&mut stored);
-    let (_, body) = record::split(&stored);
+    record::write_event(
+        &mut stored,
+        record::now_micros(),
+        &event.into(),
+        &mut Vec::new(),
+    );
+    let parts = record::parts(&stored);
     let mut output = Output::new(chain.sinks());
     let input = Input {
         owner: None,
-        body,
+        body: parts.body,
+        members: parts.members,
         index: 0,
         ack: None,
     };

@@ -1,7 +1,8 @@
 //! A stored event as a VRL target, read lazily ([`StoredEvent`]).
 //!
 //! Layout: a JSON object of the record is a [`Lazy`] object: its members as `(name, raw JSON)`
-//! spans of the object's text (one scan, no copies), each with a state (stored, changed,
+//! spans of the object's text (one scan, no copies; the top level placed from the record's
+//! member index instead when it has one, [`crate::member_index`]), each with a state (stored, changed,
 //! removed) and either a VRL value (once a program reads or writes it whole) or a nested lazy
 //! object of its own (a member object: scanned in the same pass one level deep — `data` — or
 //! deeper ones when a program reaches into them, `.data.items.x`); members a program adds live
@@ -38,6 +39,7 @@ use vrl::value::{KeyString, ObjectMap, Value};
 
 use super::{EventTarget, attr_of_value, value_to_event_ref};
 use crate::event::{AttrValue, Event, EventRef, InvalidEvent, SPEC_VERSION};
+use crate::member_index;
 
 /// A stored CloudEvent as VRL's `.`: see the module documentation.
 #[derive(Debug)]
@@ -288,26 +290,47 @@ impl<'a> StoredEvent<'a> {
     /// and unescaped, with `specversion` "1.0" and non-empty string `id`, `source` and `type`
     /// (the caller then takes the validating path, which says what is wrong).
     pub fn read(record: &'a [u8]) -> Option<StoredEvent<'a>> {
-        StoredEvent::read_in(record, None)
+        StoredEvent::read_in(record, None, &[])
     }
 
     /// [`StoredEvent::read`] of a record that is a slice of `owner` (a batch read from the
     /// log): strings a program reads are slices of `owner`, not copies.
-    pub fn read_shared(owner: &'a Bytes, record: &'a [u8]) -> Option<StoredEvent<'a>> {
-        StoredEvent::read_in(record, Some(owner))
+    ///
+    /// `index` is the record's member index ([`crate::member_index`]; empty when it has none):
+    /// the top-level members are placed from it instead of scanned for. An index that does not
+    /// fit the record is ignored.
+    pub fn read_shared(
+        owner: &'a Bytes,
+        record: &'a [u8],
+        index: &[u8],
+    ) -> Option<StoredEvent<'a>> {
+        StoredEvent::read_in(record, Some(owner), index)
     }
 
-    fn read_in(record: &'a [u8], owner: Option<&'a Bytes>) -> Option<StoredEvent<'a>> {
-        let root = Lazy::read(record)?;
+    /// [`StoredEvent::read`] with the record's member index (see [`StoredEvent::read_shared`]).
+    pub fn read_indexed(record: &'a [u8], index: &[u8]) -> Option<StoredEvent<'a>> {
+        StoredEvent::read_in(record, None, index)
+    }
+
+    fn read_in(
+        record: &'a [u8],
+        owner: Option<&'a Bytes>,
+        index: &[u8],
+    ) -> Option<StoredEvent<'a>> {
+        let root = match index {
+            [] => Lazy::read(record)?,
+            index => Lazy::read_indexed(record, index).or_else(|| Lazy::read(record))?,
+        };
         let unquoted = |s: &'a [u8]| s.strip_prefix(b"\"")?.strip_suffix(b"\"");
         let raw = |name: &str| {
             root.position(record, name)
                 .map(|i| root.members[i].raw.of(record))
         };
-        let valid = raw("specversion").and_then(unquoted) == Some(SPEC_VERSION.as_bytes())
-            && ["id", "source", "type"]
-                .iter()
-                .all(|name| raw(name).and_then(unquoted).is_some_and(|s| !s.is_empty()));
+        let valid = canonical_required(record, &root.members)
+            || raw("specversion").and_then(unquoted) == Some(SPEC_VERSION.as_bytes())
+                && ["id", "source", "type"]
+                    .iter()
+                    .all(|name| raw(name).and_then(unquoted).is_some_and(|s| !s.is_empty()));
         valid.then(|| StoredEvent {
             record,
             root,
@@ -441,6 +464,13 @@ impl Lazy {
     /// The members of the JSON object `text`; `None` if it is not one (see [`scan_members`]).
     fn read(text: &[u8]) -> Option<Lazy> {
         let ((), lazy) = Lazy::scan(|members| Some(((), scan_members(text, members)?)))?;
+        Some(lazy)
+    }
+
+    /// The members of the compact JSON object `text` as its member `index` places them; `None`
+    /// if the index does not fit the text (see [`index_members`]).
+    fn read_indexed(text: &[u8], index: &[u8]) -> Option<Lazy> {
+        let ((), lazy) = Lazy::scan(|members| Some(((), index_members(text, index, members)?)))?;
         Some(lazy)
     }
 
@@ -869,6 +899,128 @@ fn scan_members(text: &[u8], members: &mut Vec<Member>) -> Option<Scanned> {
     })
 }
 
+/// The members of the compact object `text` from its member index (layout in
+/// [`crate::member_index`]), with member objects scanned as [`scan_members`] does. The value
+/// extents are trusted; everything else the reader relies on is checked: every name's quotes
+/// and colon, that names are ASCII without escapes and unique, the comma or closing brace after
+/// every value, and that the index ends with the object. `None` when anything does not fit.
+fn index_members(text: &[u8], index: &[u8], members: &mut Vec<Member>) -> Option<Scanned> {
+    u32::try_from(text.len()).ok()?;
+    if text.first() != Some(&b'{') {
+        return None;
+    }
+    let mut entries = member_index::Entries::new(index);
+    let mut seen = 0u64;
+    // Where the next member's opening quote is.
+    let mut i: usize = 1;
+    loop {
+        let (name_len, value_len) = entries.next()?.ok()?;
+        let name_end = (i + 1).checked_add(name_len)?;
+        let start = name_end + 2;
+        let end = start.checked_add(value_len)?;
+        if value_len == 0
+            || text.get(i) != Some(&b'"')
+            || text.get(name_end..start) != Some(b"\":")
+            || end >= text.len()
+        {
+            return None;
+        }
+        if !plain(text, i + 1, name_end)
+            || repeats(&mut seen, members, text, &text[i + 1..name_end])
+        {
+            return None;
+        }
+        members.push(Member::UNSCANNED);
+        let member = members.last_mut().expect("pushed above");
+        // A member object that does not read lazily (an escaped name) is left to be parsed
+        // when reached, as the scan leaves it.
+        if text[start] == b'{'
+            && let Some((nested_end, lazy)) = scan_nested(text, start)
+        {
+            if nested_end != end {
+                return None;
+            }
+            let _ = member.touched.set(Touched::Nested(lazy));
+        }
+        member.name = Span {
+            start: (i + 1) as u32,
+            end: name_end as u32,
+        };
+        member.raw = Span {
+            start: start as u32,
+            end: end as u32,
+        };
+        match text[end] {
+            b',' => i = end + 1,
+            b'}' if end + 1 == text.len() && entries.next().is_none() => {
+                return Some(Scanned {
+                    close: end as u32,
+                    compact: true,
+                });
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Whether `record` starts as the canonical writer starts an event, with the required
+/// attributes valid: `specversion` "1.0", then non-empty string `id`, `source` and `type`, in
+/// this order (a quick yes for most records; `false` leaves it to the search by name).
+fn canonical_required(record: &[u8], members: &[Member]) -> bool {
+    const START: &[u8] = br#"{"specversion":"1.0","id":""#;
+    let non_empty_string = |m: &Member| {
+        let raw = m.raw.of(record);
+        raw.len() > 2 && raw.first() == Some(&b'"') && raw.last() == Some(&b'"')
+    };
+    let [specversion, id, source, ty, ..] = members else {
+        return false;
+    };
+    record.starts_with(START)
+        && specversion.raw.end as usize == START.len() - ",\"id\":\"".len()
+        && id.raw.start as usize == START.len() - 1
+        && non_empty_string(id)
+        && source.name.of(record) == b"source"
+        && non_empty_string(source)
+        && ty.name.of(record) == b"type"
+        && non_empty_string(ty)
+}
+
+/// Whether `text[start..end]` is ASCII without a quote or a backslash (a name that needs no
+/// unescaping and is UTF-8), a word at a time: the word may reach past `end` into `text`,
+/// whose bytes there are masked off.
+fn plain(text: &[u8], start: usize, end: usize) -> bool {
+    let mut i = start;
+    while i < end {
+        let Some(chunk) = text.get(i..i + 8) else {
+            return text[i..end]
+                .iter()
+                .all(|&c| c.is_ascii() && c != b'"' && c != b'\\');
+        };
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        // A borrow only flags bytes above a true match, so bytes past `end` cannot flag one
+        // before it.
+        let mut stops = has_byte(word, b'"') | has_byte(word, b'\\') | (word & HIGHS);
+        if end - i < 8 {
+            stops &= (1u64 << ((end - i) * 8)) - 1;
+        }
+        if stops != 0 {
+            return false;
+        }
+        i += 8;
+    }
+    true
+}
+
+/// Whether `name` repeats the name of one of `members` (spans of `text`), remembering it in
+/// `seen`: a 6-bit fingerprint per name seen, so a name whose bit is clear is new for sure and
+/// the members are compared only on a possible repeat.
+fn repeats(seen: &mut u64, members: &[Member], text: &[u8], name: &[u8]) -> bool {
+    let bit = 1u64 << fingerprint(name);
+    let possible = *seen & bit != 0;
+    *seen |= bit;
+    possible && members.iter().any(|m| same(m.name.of(text), name))
+}
+
 /// Scans the object whose `{` is at `i` in `b` into `members`, with spans relative to
 /// `origin`; returns where the object ends. With `nest`, member objects are scanned too.
 fn scan_object(
@@ -884,6 +1036,10 @@ fn scan_object(
     };
     let mut compact = true;
     let mut ws = |i: usize| {
+        // Every JSON whitespace byte is at most a space: one compare for compact text.
+        if b.get(i).is_some_and(|&c| c > b' ') {
+            return i;
+        }
         let j = skip_whitespace(b, i);
         compact &= j == i;
         j
@@ -892,8 +1048,6 @@ fn scan_object(
         return None;
     }
     let mut i = ws(i + 1);
-    // Names seen, by a 6-bit fingerprint: a name whose bit is clear is new for sure, so the
-    // members are compared only on a possible repeat.
     let mut seen = 0u64;
     let close;
     if b.get(i) == Some(&b'}') {
@@ -920,11 +1074,9 @@ fn scan_object(
                 }
             };
             let name = &b[i + 1..name_end];
-            let bit = 1u64 << fingerprint(name);
-            if seen & bit != 0 && members.iter().any(|m| same(m.name.of(&b[origin..]), name)) {
+            if repeats(&mut seen, members, &b[origin..], name) {
                 return None;
             }
-            seen |= bit;
             let name = span(i + 1, name_end);
             i = ws(name_end + 1);
             if b.get(i) != Some(&b':') {
@@ -993,7 +1145,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a[i..].iter().zip(&b[i..]).all(|(x, y)| x == y)
 }
 
-/// Six bits of a name (its length and last byte) for [`scan_members`]' repeat check.
+/// Six bits of a name (its length and last byte) for the repeat check of [`repeats`].
 fn fingerprint(name: &[u8]) -> u32 {
     let last = name.last().copied().unwrap_or(0);
     (name.len() as u32)
@@ -1225,6 +1377,38 @@ mod tests {
     }
 
     #[test]
+    fn required_attributes_are_checked_in_the_canonical_order_and_in_any_other() {
+        let reads = |record: &str| StoredEvent::read(record.as_bytes()).is_some();
+        let canonical = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#;
+        assert!(reads(canonical));
+        assert!(reads(
+            r#"{"type":"t","source":"/s","id":"1","specversion":"1.0"}"#
+        ));
+        assert!(reads(
+            r#"{ "specversion":"1.0","id":"1","source":"/s","type":"t"}"#
+        ));
+        for (from, to) in [
+            (r#""1.0""#, r#""1.1""#),
+            (r#""1.0""#, r#""1.00""#),
+            (r#""id":"1""#, r#""id":"""#),
+            (r#""id":"1""#, r#""id":1"#),
+            (r#""source":"/s""#, r#""source":"""#),
+            (r#""source":"/s""#, r#""sourcf":"/s""#),
+            (r#""type":"t""#, r#""type":"""#),
+            (r#""type":"t""#, r#""type":true"#),
+        ] {
+            let record = canonical.replace(from, to);
+            assert!(!reads(&record), "{record}");
+            let mut shuffled: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&record).unwrap();
+            let ty = shuffled.remove("type");
+            shuffled.insert("type".to_owned(), ty.unwrap_or_default());
+            let shuffled = serde_json::to_string(&shuffled).unwrap();
+            assert!(!reads(&shuffled), "{shuffled}");
+        }
+    }
+
+    #[test]
     fn a_name_that_is_not_utf8_past_its_first_word_is_not_read_lazily() {
         let mut members = Vec::new();
         // `\xff` as the ninth byte of a name: the second word of the name scan finds it.
@@ -1396,6 +1580,69 @@ mod tests {
             }
         }
 
+        /// A member index places exactly the members the scan finds. A changed one never
+        /// panics the reader, and what it accepts has every name between its quotes and every
+        /// value followed by a comma or the closing brace (its extents are trusted, not checked).
+        #[test]
+        fn the_member_index_places_what_the_scan_finds(
+            data in json(),
+            extension in proptest::option::of(any::<i64>()),
+            flip in any::<(usize, u8)>(),
+        ) {
+            let mut json = serde_json::json!({
+                "specversion": "1.0", "id": "1", "source": "/s", "type": "t", "data": data
+            });
+            if let Some(n) = extension {
+                json["ext"] = n.into();
+            }
+            let event = Event::from_json(&json).unwrap();
+            let (mut text, mut index) = (Vec::new(), Vec::new());
+            EventRef::from(&event).to_json_indexed(&mut text, &mut index).unwrap();
+            let spans = |members: &[Member]| {
+                members
+                    .iter()
+                    .map(|m| (m.name.start, m.name.end, m.raw.start, m.raw.end))
+                    .collect::<Vec<_>>()
+            };
+            let mut scanned = Vec::new();
+            scan_members(&text, &mut scanned).unwrap();
+            let mut placed = Vec::new();
+            index_members(&text, &index, &mut placed).unwrap();
+            prop_assert_eq!(spans(&placed), spans(&scanned));
+            let (at, bit) = flip;
+            let at = at % index.len();
+            index[at] ^= bit.max(1);
+            let mut placed = Vec::new();
+            if index_members(&text, &index, &mut placed).is_some() {
+                for (name_start, name_end, raw_start, raw_end) in spans(&placed) {
+                    let [name_start, name_end, raw_start, raw_end] =
+                        [name_start, name_end, raw_start, raw_end].map(|at| at as usize);
+                    prop_assert_eq!(text[name_start - 1], b'"');
+                    prop_assert_eq!(&text[name_end..raw_start], b"\":");
+                    prop_assert!(raw_start < raw_end);
+                    let after = text[raw_end];
+                    prop_assert!(after == b',' || after == b'}', "value followed by {after}");
+                }
+            }
+        }
+
+        /// The word-at-a-time name check agrees with a byte-at-a-time one, wherever the name
+        /// ends in the text.
+        #[test]
+        fn plain_names_are_found_a_word_at_a_time(
+            text in proptest::collection::vec(
+                prop_oneof![Just(b'"'), Just(b'\\'), Just(0xc3u8), b'a'..=b'z'], 0..40),
+            start in 0usize..40,
+            len in 0usize..20,
+        ) {
+            let start = start.min(text.len());
+            let end = (start + len).min(text.len());
+            let expected = text[start..end]
+                .iter()
+                .all(|&c| c.is_ascii() && c != b'"' && c != b'\\');
+            prop_assert_eq!(plain(&text, start, end), expected);
+        }
+
         /// Arbitrary text never panics the scan, and what it accepts is followed to its end.
         #[test]
         fn the_member_scan_never_panics(text in "[{}\\[\\]\",:a-c0-9\\\\ ]{0,40}") {
@@ -1417,13 +1664,21 @@ mod tests {
         #[test]
         fn a_stored_event_behaves_like_the_event_as_one_value(
             record in record(),
+            indexed in any::<bool>(),
             ops in proptest::collection::vec(op(), 0..7),
         ) {
             let event = Event::from_stored(record.as_bytes()).unwrap();
             let mut model = event_to_value(&event).unwrap();
-            // As the pipeline reads it: a slice of a shared batch buffer.
+            // As the pipeline reads it: a slice of a shared batch buffer, placed from the member
+            // index ingest writes, or scanned.
+            let mut index = Vec::new();
+            if indexed {
+                let mut canonical = Vec::new();
+                EventRef::from(&event).to_json_indexed(&mut canonical, &mut index).unwrap();
+                prop_assert_eq!(canonical, record.as_bytes(), "the records are canonical");
+            }
             let owner = Bytes::from(format!("prefix{record}"));
-            let mut lazy = StoredEvent::read_shared(&owner, &owner[6..]).unwrap();
+            let mut lazy = StoredEvent::read_shared(&owner, &owner[6..], &index).unwrap();
             for op in &ops {
                 match op {
                     Op::Get(path) => prop_assert_eq!(lazy.get(path), EventTarget::get(&model, path)),

@@ -68,6 +68,8 @@ pub(crate) struct Input<'a> {
     pub(crate) owner: Option<&'a bytes::Bytes>,
     /// The stored CloudEvent JSON (without the record prefix).
     pub(crate) body: &'a [u8],
+    /// `body`'s member index ([`veltrix_core::member_index`]; empty: none).
+    pub(crate) members: &'a [u8],
     /// The record's index in the worker's pending batch (owner of the lines it produces).
     pub(crate) index: u32,
     /// How to acknowledge the record when an aggregate consumes it (`None`: nothing to hold).
@@ -451,8 +453,8 @@ impl Chain {
         // one is read in its canonical form, an invalid one dead-lettered with what is wrong.
         let mut canonical = Vec::new();
         let read = match input.owner {
-            Some(owner) => StoredEvent::read_shared(owner, input.body),
-            None => StoredEvent::read(input.body),
+            Some(owner) => StoredEvent::read_shared(owner, input.body, input.members),
+            None => StoredEvent::read_indexed(input.body, input.members),
         };
         let event = match read {
             Some(event) => event,
@@ -779,6 +781,7 @@ mod tests {
         let input = Input {
             owner: None,
             body: json.as_bytes(),
+            members: &[],
             index,
             ack: Some(HeldAck {
                 input: 0,
