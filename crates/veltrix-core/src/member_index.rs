@@ -40,6 +40,13 @@ impl<'a> Builder<'a> {
 
     /// Records the next member: its name's and its value's length in bytes.
     pub fn member(&mut self, name_len: usize, value_len: usize) {
+        // Most values are shorter than 128 bytes: one length byte, one push.
+        if let (Ok(name_len), Ok(short @ 0..0x80)) =
+            (u8::try_from(name_len), u8::try_from(value_len))
+        {
+            self.index.extend_from_slice(&[name_len, short]);
+            return;
+        }
         let (Ok(name_len), Ok(mut value_len)) = (u8::try_from(name_len), u32::try_from(value_len))
         else {
             self.ok = false;

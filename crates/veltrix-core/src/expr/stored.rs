@@ -498,9 +498,12 @@ impl Lazy {
     }
 
     fn position(&self, text: &[u8], name: &str) -> Option<usize> {
-        self.members
-            .iter()
-            .position(|m| same(m.name.of(text), name.as_bytes()) && m.state != State::Removed)
+        // Lengths first: most names differ in length, and a span's length needs no slicing.
+        self.members.iter().position(|m| {
+            (m.name.end - m.name.start) as usize == name.len()
+                && same(m.name.of(text), name.as_bytes())
+                && m.state != State::Removed
+        })
     }
 
     /// The object as one VRL value, made once (`None`: a member VRL cannot represent, recorded
