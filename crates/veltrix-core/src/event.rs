@@ -389,7 +389,9 @@ impl<'a> EventRef<'a> {
                 ExtensionRef::Boolean(b) => {
                     out.extend_from_slice(if *b { b"true" } else { b"false" })
                 }
-                ExtensionRef::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
+                ExtensionRef::Integer(i) => {
+                    out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes())
+                }
             });
         }
         match &self.data {
