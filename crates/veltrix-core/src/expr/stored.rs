@@ -162,28 +162,9 @@ const SPARE_LISTS_MAX: usize = 32;
 /// Longer lists (events with many extensions) are freed rather than kept.
 const SPARE_LIST_CAPACITY_MAX: usize = 64;
 
-/// Names of added members kept per thread: a program adds the same names to every event.
-const SPARE_NAMES_MAX: usize = 16;
-/// Longer names are freed rather than kept.
-const SPARE_NAME_BYTES_MAX: usize = 64;
-
 thread_local! {
     static SPARE_MEMBERS: RefCell<Vec<Vec<Member>>> = const { RefCell::new(Vec::new()) };
     static SPARE_ADDED: RefCell<Vec<Vec<(KeyString, Value)>>> = const { RefCell::new(Vec::new()) };
-    static SPARE_NAMES: RefCell<Vec<KeyString>> = const { RefCell::new(Vec::new()) };
-}
-
-/// `name` as a `KeyString`: a kept one if an earlier event added it, else a new one.
-fn added_name(name: &str) -> KeyString {
-    SPARE_NAMES
-        .try_with(|spare| {
-            let mut spare = spare.borrow_mut();
-            let i = spare.iter().position(|kept| kept.as_str() == name)?;
-            Some(spare.swap_remove(i))
-        })
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| name.into())
 }
 
 type Spare<T> = LocalKey<RefCell<Vec<Vec<T>>>>;
@@ -253,7 +234,7 @@ impl Added {
                 if self.0.capacity() == 0 {
                     self.0 = spare_list(&SPARE_ADDED, 4);
                 }
-                self.0.insert(i, (added_name(name), Value::Null));
+                self.0.insert(i, (name.into(), Value::Null));
                 i
             }
         };
@@ -282,20 +263,7 @@ impl Added {
 
 impl Drop for Added {
     fn drop(&mut self) {
-        let mut list = std::mem::take(&mut self.0);
-        if !list.is_empty() {
-            // The names go back to their own pool (values hold no pooled lists, so dropping
-            // them here cannot reach it).
-            let _ = SPARE_NAMES.try_with(|spare| {
-                let mut spare = spare.borrow_mut();
-                for (name, _) in list.drain(..) {
-                    if spare.len() < SPARE_NAMES_MAX && name.len() <= SPARE_NAME_BYTES_MAX {
-                        spare.push(name);
-                    }
-                }
-            });
-        }
-        recycle(&SPARE_ADDED, list);
+        recycle(&SPARE_ADDED, std::mem::take(&mut self.0));
     }
 }
 
@@ -1565,40 +1533,6 @@ mod tests {
             .collect();
         drop(events);
         assert_eq!(spare_lists(), SPARE_LISTS_MAX);
-    }
-
-    #[test]
-    fn added_names_are_kept_for_the_next_event_and_the_pool_is_bounded() {
-        let names = || SPARE_NAMES.with(|spare| spare.borrow().len());
-        let record = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{}}"#;
-        let before = names();
-        let add = |event: &mut StoredEvent<'_>, name: &str| {
-            event.insert(&[field("data"), field(name)], Value::Integer(1));
-        };
-        let mut event = StoredEvent::read(record).unwrap();
-        add(&mut event, "total");
-        drop(event);
-        assert_eq!(names(), before + 1, "`total` kept");
-        let mut event = StoredEvent::read(record).unwrap();
-        add(&mut event, "total");
-        assert_eq!(names(), before, "`total` taken again");
-        let mut out = Vec::new();
-        event.to_json_bytes(&mut out).unwrap();
-        assert!(out.ends_with(br#""data":{"total":1}}"#));
-        drop(event);
-        let mut event = StoredEvent::read(record).unwrap();
-        for i in 0..SPARE_NAMES_MAX + 4 {
-            add(&mut event, &format!("n{i}"));
-        }
-        add(&mut event, &"x".repeat(SPARE_NAME_BYTES_MAX + 1));
-        drop(event);
-        assert_eq!(names(), SPARE_NAMES_MAX);
-        assert!(SPARE_NAMES.with(|spare| {
-            spare
-                .borrow()
-                .iter()
-                .all(|n| n.len() <= SPARE_NAME_BYTES_MAX)
-        }));
     }
 
     proptest! {
