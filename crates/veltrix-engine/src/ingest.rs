@@ -413,8 +413,8 @@ impl QueueRecords {
 }
 
 /// The pure middle of ingest: routes every decoded event and encodes it in stored form
-/// (`record::write_event`: prefix, compact JSON, member index) into its queue's records. All or nothing: `Err` names every
-/// event no queue takes.
+/// (`record::write_event`: prefix, compact JSON, member index) into its queue's records. All or
+/// nothing: `Err` names every event no queue takes.
 pub(crate) fn store_routed(
     events: &[event::EventRef<'_>],
     router: &config::Router,
