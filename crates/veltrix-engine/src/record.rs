@@ -152,6 +152,22 @@ mod tests {
     }
 
     #[test]
+    fn an_event_the_index_cannot_describe_is_stored_without_one() {
+        let name = "e".repeat(256);
+        let event = veltrix_core::event::Event::from_json(&serde_json::json!({
+            "specversion": "1.0", "id": "1", "source": "/s", "type": "t", name: "long"
+        }))
+        .unwrap();
+        let mut out = Vec::new();
+        write_event(&mut out, 7, &(&event).into(), &mut Vec::new());
+        let parts = parts(&out);
+        let mut body = Vec::new();
+        event.to_json_bytes(&mut body);
+        assert_eq!((parts.accepted_micros, parts.body), (7, &body[..]));
+        assert!(parts.members.is_empty());
+    }
+
+    #[test]
     fn an_index_longer_than_the_record_reads_as_body() {
         let mut out = Vec::new();
         begin(&mut out, 7);
